@@ -383,7 +383,7 @@ class Resource(BaseModel):
     SHORT_NAMES: ClassVar[tuple[str, ...]] = ()
     NAMESPACED: ClassVar[bool] = True
 
-    api_version: Literal["agentops.agentops.io/v1alpha1"] = API_VERSION
+    api_version: Literal["agentops.agentops.io/v1alpha1"] = "agentops.agentops.io/v1alpha1"
     kind: str
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
 
