@@ -48,6 +48,13 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
         out["items"] = structural(schema["items"], defs)
     if "enum" in out and "type" not in out:
         out["type"] = "string"
+    # JSON Schema 2020-12 (pydantic's `gt`/`lt`) gives the bound in exclusiveMinimum/Maximum;
+    # Kubernetes' OpenAPI v3 wants the bound in minimum/maximum and a boolean flag.
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = out.get(exclusive)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[bound] = value
+            out[exclusive] = True
     return out
 
 

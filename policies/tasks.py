@@ -11,6 +11,8 @@ All stream fields are strings (Redis stores bytes); :meth:`Task.to_fields` and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -86,9 +88,86 @@ class Result(BaseModel):
         return {k: str(v) for k, v in self.model_dump(exclude_none=True).items()}
 
     @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> Self:
+    def from_fields(cls, fields: Mapping[Any, Any]) -> Self:
+        """Validate a result as read from Redis: keys and values may be ``bytes`` or ``str``."""
         decoded = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in fields.items()
         }
         return cls.model_validate(decoded)
+
+
+# --- limits, idempotency and budgets (shared so the controller and CLI need not import the runtime) ---
+
+#: The largest prompt a worker accepts, in UTF-8 bytes; larger tasks get a ``failed`` result.
+MAX_PROMPT_BYTES = 1_048_576
+
+
+def done_key(namespace: str, agent: str, task_id: str) -> str:
+    """Short-lived marker a worker sets, in the same MULTI as the result, once ``task_id`` is finished.
+
+    Its value is the finished result as JSON, so a duplicate submission of the same ``task_id`` is
+    answered without a second provider call.
+    """
+    return f"{STREAM_PREFIX}:{namespace}:{agent}:done:{task_id}"
+
+
+def budget_period_id(period: str, now: float) -> str:
+    """The calendar period (UTC) containing ``now``: ``2026-11-24`` for ``day``, ``2026-11`` for ``month``."""
+    moment = datetime.fromtimestamp(now, tz=UTC)
+    if period == "day":
+        return moment.strftime("%Y-%m-%d")
+    if period == "month":
+        return moment.strftime("%Y-%m")
+    raise ValueError(f"unknown budget period {period!r}: expected 'day' or 'month'")
+
+
+def budget_period_end(period: str, now: float) -> float:
+    """Unix time at which the period containing ``now`` ends (UTC midnight)."""
+    moment = datetime.fromtimestamp(now, tz=UTC)
+    start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return (start + timedelta(days=1)).timestamp()
+    if period == "month":
+        first = start.replace(day=1)
+        return (
+            first.replace(year=first.year + 1, month=1)
+            if first.month == 12
+            else first.replace(month=first.month + 1)
+        ).timestamp()
+    raise ValueError(f"unknown budget period {period!r}: expected 'day' or 'month'")
+
+
+def budget_key(scope: str, namespace: str, agent: str, period: str, now: float) -> str:
+    """The Redis hash holding one budget's spend for the period containing ``now``.
+
+    Scope ``Agent``: ``agentops:budget:<namespace>:<agent>:<period-id>``; scope ``Namespace``:
+    ``agentops:budget:<namespace>:<period-id>`` (shared by every agent of the namespace).
+    Hash fields, all decimal strings, absent meaning 0:
+
+    - ``tokens``, ``cost_usd``: settled spend (real usage reported by the provider);
+    - ``reserved_tokens``, ``reserved_cost_usd``: held by calls in flight (their maximum possible
+      usage), released when they settle.
+
+    Spend visible to a status reader is ``tokens`` (+ ``reserved_tokens`` for a conservative view).
+    The key expires shortly after its period ends.
+    """
+    period_id = budget_period_id(period, now)
+    if scope == "Agent":
+        return f"{STREAM_PREFIX}:budget:{namespace}:{agent}:{period_id}"
+    if scope == "Namespace":
+        return f"{STREAM_PREFIX}:budget:{namespace}:{period_id}"
+    raise ValueError(f"unknown budget scope {scope!r}: expected 'Agent' or 'Namespace'")
+
+
+# --- pipeline outputs (written by the controller, read by ``agentops pipeline output``) ---
+
+
+def pipeline_step_output_key(namespace: str, pipeline: str, step: str) -> str:
+    """The whole output of one pipeline step (status keeps only a truncated copy)."""
+    return f"{STREAM_PREFIX}:{namespace}:pipeline:{pipeline}:step:{step}:output"
+
+
+def pipeline_output_key(namespace: str, pipeline: str) -> str:
+    """The whole rendered ``spec.output`` of a finished pipeline."""
+    return f"{STREAM_PREFIX}:{namespace}:pipeline:{pipeline}:output"

@@ -1,0 +1,46 @@
+"""``python -m agent_runtime``: run one worker with the pod's environment until SIGTERM.
+
+Exit status: 0 after a clean stop, 2 when the environment is incomplete (the message names the
+variable), 1 on an unexpected error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from agent_runtime import logs
+from agent_runtime.settings import Settings
+from agent_runtime.worker import Worker
+from policies.runtime_config import ConfigError
+
+log = logging.getLogger("agent_runtime")
+
+
+async def _run(settings: Settings) -> None:
+    worker = Worker(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+
+def main() -> int:
+    logs.configure()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"agent_runtime: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_run(settings))
+    except Exception:
+        log.exception("worker crashed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

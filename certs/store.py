@@ -1,0 +1,172 @@
+"""Where certificate bundles live: a directory of PEM files and a Kubernetes Secret.
+
+The directory is what the TLS server reads (and watches for changes); the Secret is the shared
+source of truth when several webhook replicas run in a cluster.  Both use the same file names:
+
+========================  ===========================================================
+``ca.crt``                the trusted bundle for clients (the ``caBundle``): current CA
+                          first, then previous CAs that have not expired
+``ca-signer.crt/.key``    the current CA, used to issue serving certificates
+``tls.crt`` / ``tls.key`` the serving certificate and its key
+========================  ===========================================================
+
+Files are replaced atomically (write to a temporary file, then ``os.replace``) so a reader never
+sees half a PEM; keys are written with mode 0600.  Secret updates carry the ``resourceVersion``
+they were read at, so two replicas renewing at once cannot overwrite each other: the loser gets a
+409 Conflict and adopts the winner's bundle.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from certs.authority import CertBundle, CertificateError, KeyPair, split_pem
+
+TRUSTED = "ca.crt"
+CA_CERT = "ca-signer.crt"
+CA_KEY = "ca-signer.key"
+TLS_CERT = "tls.crt"
+TLS_KEY = "tls.key"
+_ALL = (TRUSTED, CA_CERT, CA_KEY, TLS_CERT, TLS_KEY)
+
+
+def bundle_files(bundle: CertBundle) -> dict[str, bytes]:
+    return {
+        TRUSTED: bundle.trusted_pem,
+        CA_CERT: bundle.ca.cert_pem,
+        CA_KEY: bundle.ca.key_pem,
+        TLS_CERT: bundle.serving.cert_pem,
+        TLS_KEY: bundle.serving.key_pem,
+    }
+
+
+def bundle_from_files(files: dict[str, bytes]) -> CertBundle:
+    """Rebuild a bundle; raises :class:`CertificateError` naming what is missing or unreadable."""
+    missing = [name for name in _ALL if not files.get(name)]
+    if missing:
+        raise CertificateError(f"certificate material incomplete: missing {', '.join(missing)}")
+    bundle = CertBundle(
+        ca=KeyPair(files[CA_CERT], files[CA_KEY]),
+        serving=KeyPair(files[TLS_CERT], files[TLS_KEY]),
+        trusted_pem=files[TRUSTED],
+    )
+    try:
+        # Parse everything once so corrupt material is reported here, not at handshake time.
+        bundle.ca.certificate  # noqa: B018
+        bundle.ca.private_key()
+        bundle.serving.certificate  # noqa: B018
+        bundle.serving.private_key()
+        split_pem(bundle.trusted_pem)
+    except ValueError as exc:
+        raise CertificateError(f"certificate material unreadable: {exc}") from exc
+    return bundle
+
+
+# --- directory ------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_dir(bundle: CertBundle, directory: Path) -> None:
+    """Write every file of the bundle; the serving pair last, key before certificate."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = bundle_files(bundle)
+    # Order matters for readers that poll: the CA material a client needs is in place before the
+    # serving certificate it signs, and tls.crt (which readers key their reload on) comes last.
+    for name in (TRUSTED, CA_CERT, CA_KEY, TLS_KEY, TLS_CERT):
+        _atomic_write(directory / name, files[name], 0o600 if name.endswith(".key") else 0o644)
+
+
+def load_dir(directory: Path) -> CertBundle | None:
+    """The bundle in ``directory``, or None when there is none yet (no files at all)."""
+    if not any((directory / name).exists() for name in _ALL):
+        return None
+    files = {name: (directory / name).read_bytes() for name in _ALL if (directory / name).exists()}
+    return bundle_from_files(files)
+
+
+# --- Secret --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    namespace: str
+    name: str
+
+    @classmethod
+    def parse(cls, value: str) -> SecretRef:
+        """``namespace/name``."""
+        namespace, sep, name = value.partition("/")
+        if not sep or not namespace or not name:
+            raise ValueError(f"expected a Secret as NAMESPACE/NAME, got {value!r}")
+        return cls(namespace, name)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class SecretConflict(RuntimeError):
+    """Someone else updated the Secret since we read it."""
+
+
+def _api_status(exc: Exception) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def read_secret(core_v1: Any, ref: SecretRef) -> tuple[CertBundle | None, str]:
+    """The bundle stored in the Secret (None when it is empty) and the Secret's resourceVersion.
+
+    The Secret must exist: the webhook's RBAC only allows get/update on that one name (``create``
+    cannot be restricted by name), so the manifests create it empty.
+    """
+    secret = core_v1.read_namespaced_secret(ref.name, ref.namespace)
+    data: dict[str, str] = dict(secret.data or {})
+    version = str(secret.metadata.resource_version or "")
+    if not any(data.get(name) for name in _ALL):
+        return None, version
+    files = {name: base64.b64decode(value) for name, value in data.items() if name in _ALL}
+    return bundle_from_files(files), version
+
+
+def write_secret(core_v1: Any, ref: SecretRef, bundle: CertBundle, resource_version: str) -> str:
+    """Store the bundle if the Secret is still at ``resource_version``; returns the new version.
+
+    Raises :class:`SecretConflict` when another writer got there first.
+    """
+    from kubernetes import client
+
+    data = {name: base64.b64encode(value).decode() for name, value in bundle_files(bundle).items()}
+    body = client.V1Secret(
+        api_version="v1",
+        kind="Secret",
+        metadata=client.V1ObjectMeta(
+            name=ref.name, namespace=ref.namespace, resource_version=resource_version
+        ),
+        type="Opaque",
+        data=data,
+    )
+    try:
+        stored = core_v1.replace_namespaced_secret(ref.name, ref.namespace, body)
+    except Exception as exc:
+        if _api_status(exc) == 409:
+            raise SecretConflict(f"Secret {ref} changed while renewing certificates") from exc
+        raise
+    return str(stored.metadata.resource_version)

@@ -1,0 +1,107 @@
+"""``python -m controller``: run the kopf operator with agentops' handlers.
+
+Leader election is kopf peering: every replica runs, the one with the highest priority acts,
+the others stand by (``--peering``; the KopfPeering/ClusterKopfPeering CRDs ship in
+``deploy/manifests/kopf-peering-crds.yaml``).  ``--standalone`` disables it for a single local
+process.  ``--liveness http://0.0.0.0:8080/healthz`` serves kopf's health endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import kopf
+
+from controller.context import ControllerConfig
+from controller.render import DEFAULT_RUNTIME_IMAGE, RenderOptions
+from policies.models import SecretKeyRef
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m controller", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--namespace", action="append", default=[], help="namespace to serve (repeatable; default all)"
+    )
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("AGENTOPS_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument(
+        "--runtime-image",
+        default=os.environ.get("AGENTOPS_RUNTIME_IMAGE", DEFAULT_RUNTIME_IMAGE),
+        help="image of the agent runtime put in every agent's Deployment",
+    )
+    parser.add_argument(
+        "--agent-redis-url",
+        help="Redis URL written into agent pods when they see Redis elsewhere (default: --redis-url)",
+    )
+    parser.add_argument(
+        "--offline-fallback",
+        action="store_true",
+        default=os.environ.get("AGENTOPS_OFFLINE_FALLBACK", "") in ("1", "true", "yes"),
+        help="run agents without an API key on the offline provider (and say so in status)",
+    )
+    parser.add_argument(
+        "--default-api-key-secret",
+        default=os.environ.get("AGENTOPS_DEFAULT_API_KEY_SECRET"),
+        metavar="NAME[/KEY]",
+        help="Secret used by agents whose spec names none (key defaults to api-key)",
+    )
+    parser.add_argument("--resync-seconds", type=float, default=2.0, help="status/budget/autoscaler period")
+    parser.add_argument("--full-resync-seconds", type=float, default=60.0)
+    parser.add_argument("--keda-redis-address", default="redis:6379")
+    parser.add_argument(
+        "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument(
+        "--peering", default="agentops-controller", help="kopf peering name (leader election)"
+    )
+    parser.add_argument("--standalone", action="store_true", help="no peering: a single controller")
+    parser.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    default_secret = None
+    if args.default_api_key_secret:
+        name, _, key = args.default_api_key_secret.partition("/")
+        default_secret = SecretKeyRef(name=name, key=key or "api-key")
+    # Imported here so CONFIG is set before any handler runs.
+    from controller import handlers
+
+    handlers.CONFIG = ControllerConfig(
+        namespaces=tuple(args.namespace),
+        redis_url=args.redis_url,
+        render=RenderOptions(
+            runtime_image=args.runtime_image,
+            redis_url=args.agent_redis_url or args.redis_url,
+            offline_fallback=args.offline_fallback,
+            default_secret=default_secret,
+        ),
+        resync_seconds=args.resync_seconds,
+        full_resync_seconds=args.full_resync_seconds,
+        keda_redis_address=args.keda_redis_address,
+    )
+    kopf.configure(verbose=args.verbose)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    kopf.run(
+        standalone=args.standalone,
+        namespaces=args.namespace,
+        clusterwide=not args.namespace,
+        liveness_endpoint=args.liveness,
+        peering_name=None if args.standalone else args.peering,
+        priority=args.priority,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

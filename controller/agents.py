@@ -1,0 +1,286 @@
+"""AgentDeployment reconciliation: children, prompt revisions, status, budget and autoscaling.
+
+:func:`reconcile` is level-based and idempotent: it reads the agent as it is now, server-side
+applies the ConfigMap, Deployment and Service it should own (recreating any that were deleted,
+undoing any drift), records a prompt revision if the prompt hash changed, and writes status
+computed from the **Deployment's** status (replicas, readyReplicas) plus the budget read from
+Redis.  Status is only patched when it changed, so the status write does not feed back into
+another reconciliation.
+
+Two depths, chosen by the caller (:mod:`controller.handlers`):
+
+* ``full=True`` - on a spec/annotation change, when a child was deleted, and every
+  ``full_resync_seconds`` as a safety net;
+* ``full=False`` - on every Deployment status change and every ``resync_seconds``: status,
+  budget and the builtin autoscaler only, from cached bodies (no API read).
+
+Failures become conditions and Events, never exceptions that crash-loop: a missing Secret is a
+``Ready=False/SecretNotFound`` condition with a message saying what to create.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from controller import autoscale, budget, render, revisions
+from controller.context import Context
+from controller.policy import AgentPolicyView
+from policies.models import LABEL_AGENT, AgentDeployment
+
+logger = logging.getLogger("controller.agents")
+
+PLURAL = "agentdeployments"
+KEDA_CRD = "scaledobjects.keda.sh"
+
+
+def essence(body: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a stored agent our model validates (status and server fields left out)."""
+    meta = body.get("metadata", {})
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            k: meta.get(k)
+            for k in ("name", "namespace", "uid", "generation", "labels", "annotations")
+            if meta.get(k) is not None
+        },
+        "spec": body.get("spec", {}),
+    }
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+async def _event(ctx: Context, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    await asyncio.to_thread(ctx.kube.post_event, body, type_, reason, message)
+
+
+async def reconcile(ctx: Context, body: dict[str, Any], *, full: bool) -> None:
+    """Bring one agent's children and status to what its spec says (see module docstring)."""
+    meta = body.get("metadata", {})
+    namespace, name = meta["namespace"], meta["name"]
+    async with ctx.lock(namespace, name):
+        if meta.get("deletionTimestamp"):
+            return
+        try:
+            agent = AgentDeployment.from_k8s(essence(body))
+        except ValidationError as exc:
+            # The CRD schema and webhook normally prevent this; say so on the object and stop.
+            first = exc.errors()[0]
+            await _event(
+                ctx, body, "Warning", "InvalidSpec", f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+            )
+            return
+        await _reconcile_locked(ctx, body, agent, full=full)
+
+
+async def _reconcile_locked(
+    ctx: Context, body: dict[str, Any], agent: AgentDeployment, *, full: bool
+) -> None:
+    namespace, name = str(agent.metadata.namespace), str(agent.metadata.name)
+    key = (namespace, name)
+    options = ctx.config.render
+    status: dict[str, Any] = dict(body.get("status") or {})
+    view = ctx.policies.for_agent(namespace, agent.metadata.labels)
+    conditions = render.Conditions(
+        items=[dict(c) for c in status.get("conditions") or []], generation=agent.metadata.generation
+    )
+
+    wanted = agent.spec.effective_provider()
+    named = agent.spec.credentials.secret_ref if agent.spec.credentials else None
+    secret = named or options.default_secret
+    secret_exists: bool | None = None
+    if wanted != "offline" and secret is not None:
+        try:
+            secret_exists = await _call(ctx.kube.secret_exists, namespace, secret.name)
+        except ApiException as exc:
+            logger.warning("cannot read Secret %s/%s: %s", namespace, secret.name, exc.reason)
+            secret_exists = False
+    decision = render.decide_provider(agent, secret_exists, options)
+    config = render.runtime_config(agent, decision, options, view.budget, dict(view.limit_defaults))
+
+    deployment = ctx.deployments.get(key)
+    if full or deployment is None:
+        try:
+            await _call(ctx.kube.apply, render.render_configmap(agent))
+            deployment = await _call(
+                ctx.kube.apply, render.render_deployment(agent, config, decision, options)
+            )
+            await _call(ctx.kube.apply, render.render_service(agent))
+        except ApiException as exc:
+            message = f"applying children failed: {exc.status} {exc.reason}"
+            conditions.set("Ready", False, "ApplyFailed", message)
+            await _event(ctx, body, "Warning", "ApplyFailed", message)
+            await _patch_status_if_changed(ctx, body, {**status, "conditions": conditions.items})
+            return
+        ctx.deployments[key] = deployment
+        await _keda(ctx, agent, conditions)
+        ctx.last_full[key] = time.monotonic()
+        ctx.reconciled[key] = reconcile_key(body)
+        status["observedGeneration"] = agent.metadata.generation
+
+    sha = revisions.prompt_sha256(agent.spec.system_prompt)
+    if status.get("promptHash") != sha:
+        number = await _record_revision(ctx, agent, status.get("promptHash"))
+        status["promptHash"] = sha
+        status["promptRevision"] = number
+
+    dep_status = (deployment or {}).get("status") or {}
+    status["replicas"] = int(dep_status.get("replicas") or 0)
+    status["readyReplicas"] = int(dep_status.get("readyReplicas") or 0)
+    status["selector"] = render.selector_string(name)
+    previous_provider = status.get("effectiveProvider")
+    status["effectiveProvider"] = decision.display
+    render.workload_conditions(conditions, agent.spec.replicas, deployment, decision)
+
+    await _budget(ctx, body, agent, view, status, conditions)
+    if "Ready" in conditions.flipped and decision.problem is not None:
+        await _event(ctx, body, "Warning", decision.problem[0], decision.problem[1])
+    if decision.fell_back and previous_provider != decision.display:
+        await _event(
+            ctx,
+            body,
+            "Normal",
+            "OfflineProvider",
+            f"running on the offline provider: {decision.display}; model {agent.spec.model} is not called",
+        )
+    status["conditions"] = conditions.items
+    await _patch_status_if_changed(ctx, body, status)
+    await _autoscale(ctx, body, agent, view)
+
+
+def reconcile_key(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What, when it changes, needs a full reconciliation: the spec generation and our annotations."""
+    meta = body.get("metadata", {})
+    annotations = meta.get("annotations") or {}
+    stamps = tuple(sorted((k, v) for k, v in annotations.items() if k.startswith("agentops.agentops.io/")))
+    return (meta.get("generation"), stamps, meta.get("uid"))
+
+
+async def _patch_status_if_changed(ctx: Context, body: dict[str, Any], status: dict[str, Any]) -> None:
+    current = body.get("status") or {}
+    if all(current.get(k) == v for k, v in status.items()):
+        return
+    meta = body["metadata"]
+    try:
+        await _call(ctx.kube.patch_status, PLURAL, meta["namespace"], meta["name"], status)
+    except ApiException as exc:
+        if exc.status != 404:  # deleted meanwhile: nothing to report on
+            logger.warning("status patch of %s/%s failed: %s", meta["namespace"], meta["name"], exc.reason)
+        return
+    # Keep the cached body in step so the next refresh compares against what is stored.
+    body["status"] = {**current, **status}
+
+
+async def _record_revision(ctx: Context, agent: AgentDeployment, previous: str | None) -> int:
+    namespace, name = str(agent.metadata.namespace), str(agent.metadata.name)
+    existing = await _call(ctx.kube.list_custom, "agentpromptrevisions", namespace, f"{LABEL_AGENT}={name}")
+    by_name = {r["metadata"]["name"]: int(r["spec"]["revision"]) for r in existing}
+    candidate = revisions.build_revision(
+        agent, max(by_name.values(), default=0) + 1, previous, render.now_iso(), render.owner_reference(agent)
+    )
+    rev_name = str(candidate.metadata.name)
+    if rev_name in by_name:
+        return by_name[rev_name]
+    created = await _call(ctx.kube.create_custom, "agentpromptrevisions", namespace, candidate.to_k8s())
+    if not created:  # raced with ourselves across a restart: the stored one is the record
+        stored = await _call(ctx.kube.get_custom, "agentpromptrevisions", namespace, rev_name)
+        return int(stored["spec"]["revision"]) if stored else candidate.spec.revision
+    return candidate.spec.revision
+
+
+async def _keda(ctx: Context, agent: AgentDeployment, conditions: render.Conditions) -> None:
+    autoscaling = agent.spec.autoscaling
+    if autoscaling is None or autoscaling.engine != "keda":
+        return
+    if not await _call(ctx.kube.crd_exists, KEDA_CRD):
+        conditions.set(
+            "Autoscaling",
+            False,
+            "KedaNotInstalled",
+            f"spec.autoscaling.engine is keda but the CRD {KEDA_CRD} is not installed; "
+            "install KEDA or use engine: builtin",
+        )
+        return
+    scaled = autoscale.render_scaled_object(
+        agent, ctx.config.keda_redis_address, render.owner_reference(agent)
+    )
+    await _call(ctx.kube.apply, scaled)
+    conditions.set("Autoscaling", True, "KedaScaledObject", "replicas are managed by KEDA ScaledObject")
+
+
+async def _budget(
+    ctx: Context,
+    body: dict[str, Any],
+    agent: AgentDeployment,
+    view: AgentPolicyView,
+    status: dict[str, Any],
+    conditions: render.Conditions,
+) -> None:
+    namespace, name = str(agent.metadata.namespace), str(agent.metadata.name)
+    try:
+        usage = await budget.read_usage(ctx.redis, namespace, name, view.budget)
+    except RedisError as exc:
+        logger.warning("cannot read budget usage of %s/%s: %s", namespace, name, exc)
+        return
+    status["usage"] = usage.model_dump(by_alias=True, exclude_none=True, mode="json")
+    message = budget.exceeded(usage, view.budget)
+    if message is None:
+        conditions.set("BudgetExceeded", False, "WithinBudget", "spend is within the budget")
+    else:
+        conditions.set("BudgetExceeded", True, "BudgetSpent", message)
+    if "BudgetExceeded" in conditions.flipped:
+        existed = any(
+            c.get("type") == "BudgetExceeded" for c in (body.get("status") or {}).get("conditions", [])
+        )
+        if message is not None:
+            await _event(ctx, body, "Warning", "BudgetExceeded", message)
+        elif existed:
+            await _event(ctx, body, "Normal", "BudgetAvailable", "spend is back within the budget")
+
+
+async def _autoscale(
+    ctx: Context, body: dict[str, Any], agent: AgentDeployment, view: AgentPolicyView
+) -> None:
+    autoscaling = agent.spec.autoscaling
+    if autoscaling is None or autoscaling.engine != "builtin":
+        return
+    namespace, name = str(agent.metadata.namespace), str(agent.metadata.name)
+    try:
+        depth = await autoscale.queue_depth(ctx.redis, namespace, name)
+    except RedisError as exc:
+        logger.warning("cannot read queue depth of %s/%s: %s", namespace, name, exc)
+        return
+    desired = autoscale.desired_replicas(depth, autoscaling, view.replicas_max)
+    memory = ctx.scale_memory.setdefault((namespace, name), autoscale.ScaleMemory())
+    target = autoscale.next_replicas(agent.spec.replicas, desired, autoscaling, memory, time.monotonic())
+    if target is None:
+        return
+    try:
+        await _call(ctx.kube.scale_agent, namespace, name, target)
+    except ApiException as exc:
+        # A webhook denial lands here: report it, try again next tick.
+        await _event(
+            ctx, body, "Warning", "ScaleFailed", f"scaling to {target} failed: {exc.status} {exc.reason}"
+        )
+        return
+    ceiling = (
+        f", policy ceiling {view.replicas_max} ({view.replicas_max_source})" if view.replicas_max else ""
+    )
+    await _event(
+        ctx,
+        body,
+        "Normal",
+        "Scaled",
+        f"scaled from {agent.spec.replicas} to {target}: lag {depth.lag} + pending {depth.pending}, "
+        f"target {autoscaling.target_pending_per_replica} per replica, "
+        f"range {autoscaling.min_replicas}..{autoscaling.max_replicas}{ceiling}",
+    )

@@ -1,0 +1,213 @@
+"""kopf wiring: which watch event calls which reconciliation.  No decisions are made here.
+
+* AgentDeployment events -> a full reconcile when the generation or our annotations changed
+  (a new spec, a new prompt stamp), else only the readiness cache pipelines consult;
+* a timer per agent (every ``resync_seconds``) -> status, budget and autoscaler refresh, and a
+  full reconcile every ``full_resync_seconds`` as a safety net;
+* owned Deployment events -> status from the real workload; a deleted Deployment, ConfigMap or
+  Service -> a full reconcile that recreates it;
+* an AgentPipeline daemon per pipeline (:mod:`controller.pipelines`), and a deletion handler that
+  withdraws its queued tasks;
+* policy and namespace events -> the policy cache (replica ceilings, budgets, limit defaults).
+
+kopf's own bookkeeping (progress, last-handled configuration, finalizer) lives in annotations
+under ``controller.agentops.io/``, never in ``status``, whose schema is ours.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from redis.asyncio import Redis
+
+from controller import agents, pipelines
+from controller.context import AgentInfo, Context, ControllerConfig
+from controller.kube import Kube
+from controller.render import CONTROLLER_NAME
+from policies.models import GROUP, LABEL_AGENT, LABEL_MANAGED_BY, VERSION
+
+logger = logging.getLogger("controller")
+
+KOPF_PREFIX = "controller.agentops.io"
+TIMER_SECONDS = 1.0
+
+#: Set by ``python -m controller`` before the operator starts.
+CONFIG = ControllerConfig()
+_context: Context | None = None
+
+
+def context() -> Context:
+    if _context is None:
+        raise RuntimeError("the controller context is created at operator start-up")
+    return _context
+
+
+def _api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        api: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
+        return api
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _context
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{KOPF_PREFIX}/finalizer"
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Redis connections: one per blocked pipeline reader plus a few; no hard cap so pipelines never starve.
+    redis = Redis.from_url(CONFIG.redis_url, decode_responses=False, health_check_interval=30)
+    _context = Context(config=CONFIG, kube=Kube(_api_client()), redis=redis)
+    logger.info(
+        "controller started: namespaces=%s redis=%s offline_fallback=%s",
+        ",".join(CONFIG.namespaces) or "(all)",
+        CONFIG.redis_url.split("@")[-1],
+        CONFIG.render.offline_fallback,
+    )
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if _context is not None:
+        await _context.redis.aclose()
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+# --- AgentDeployment -----------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "agentdeployments")
+async def agent_event(event: Any, body: Any, namespace: str | None, name: str, **_: Any) -> None:
+    ctx = context()
+    assert namespace is not None
+    key = (namespace, name)
+    if event.get("type") == "DELETED":
+        ctx.forget(namespace, name)
+        return
+    plain = _plain(body)
+    status = plain.get("status") or {}
+    ctx.agents[key] = AgentInfo(
+        ready_replicas=int(status.get("readyReplicas") or 0), replicas=int(status.get("replicas") or 0)
+    )
+    ctx.agent_bodies[key] = plain
+    if ctx.reconciled.get(key) != agents.reconcile_key(plain):
+        await agents.reconcile(ctx, plain, full=True)
+
+
+@kopf.timer(GROUP, VERSION, "agentdeployments", interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
+async def agent_timer(namespace: str | None, name: str, **_: Any) -> None:
+    ctx = context()
+    assert namespace is not None
+    key = (namespace, name)
+    now = time.monotonic()
+    if now - ctx.last_refresh.get(key, 0.0) < ctx.config.resync_seconds:
+        return
+    ctx.last_refresh[key] = now
+    body = ctx.agent_bodies.get(key)
+    if body is None:
+        return
+    full = now - ctx.last_full.get(key, 0.0) >= ctx.config.full_resync_seconds
+    await agents.reconcile(ctx, body, full=full)
+
+
+_OWNED = {LABEL_MANAGED_BY: CONTROLLER_NAME}
+
+
+async def _child_event(event: Any, body: Any, namespace: str | None, *, deployment: bool) -> None:
+    ctx = context()
+    if namespace is None:
+        return
+    agent = (body.get("metadata", {}).get("labels") or {}).get(LABEL_AGENT)
+    if not agent:
+        return
+    key = (namespace, agent)
+    deleted = event.get("type") == "DELETED"
+    if deployment:
+        if deleted:
+            ctx.deployments.pop(key, None)
+        else:
+            ctx.deployments[key] = _plain(body)
+    agent_body = ctx.agent_bodies.get(key)
+    if agent_body is None:
+        return
+    # A deleted child comes back at once; a Deployment status change refreshes the agent's status.
+    if deleted or deployment:
+        await agents.reconcile(ctx, agent_body, full=deleted)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=_OWNED)
+async def deployment_event(event: Any, body: Any, namespace: str | None, **_: Any) -> None:
+    await _child_event(event, body, namespace, deployment=True)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=_OWNED)
+async def configmap_event(event: Any, body: Any, namespace: str | None, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        await _child_event(event, body, namespace, deployment=False)
+
+
+@kopf.on.event("", "v1", "services", labels=_OWNED)
+async def service_event(event: Any, body: Any, namespace: str | None, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        await _child_event(event, body, namespace, deployment=False)
+
+
+# --- AgentPipeline -------------------------------------------------------------------------
+
+
+@kopf.daemon(GROUP, VERSION, "agentpipelines", cancellation_timeout=5.0)
+async def pipeline_daemon(stopped: kopf.DaemonStopped, body: Any, **_: Any) -> None:
+    await pipelines.run_pipeline(context(), _plain(body), stopped)
+
+
+@kopf.on.delete(GROUP, VERSION, "agentpipelines")
+async def pipeline_deleted(body: Any, namespace: str | None, name: str, logger: Any, **_: Any) -> None:
+    assert namespace is not None
+    steps = [s.get("name", "") for s in (body.get("spec") or {}).get("steps", [])]
+    withdrawn = await pipelines.withdraw_all(context().redis, namespace, name, steps)
+    if withdrawn:
+        logger.info("withdrew %d queued task(s) of deleted pipeline", withdrawn)
+
+
+# --- policies ------------------------------------------------------------------------------
+
+
+def _policies_changed(ctx: Context) -> None:
+    # Budgets and limit defaults are part of the pods' environment: re-render every agent on its
+    # next timer tick (a full reconcile is cheap when nothing changed: server-side apply no-ops).
+    ctx.last_full.clear()
+
+
+@kopf.on.event(GROUP, VERSION, "clusteragentpolicies")
+async def cluster_policy_event(event: Any, body: Any, **_: Any) -> None:
+    ctx = context()
+    ctx.policies.update_policy(_plain(body), deleted=event.get("type") == "DELETED")
+    _policies_changed(ctx)
+
+
+@kopf.on.event(GROUP, VERSION, "agentpolicies")
+async def policy_event(event: Any, body: Any, **_: Any) -> None:
+    ctx = context()
+    ctx.policies.update_policy(_plain(body), deleted=event.get("type") == "DELETED")
+    _policies_changed(ctx)
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_event(event: Any, body: Any, name: str, **_: Any) -> None:
+    labels = None if event.get("type") == "DELETED" else dict(body.get("metadata", {}).get("labels") or {})
+    context().policies.update_namespace(name, labels)

@@ -1,0 +1,120 @@
+"""Fixtures shared by every test suite: a real control plane, a real Redis, kubectl.
+
+The contract (other suites depend on exactly these names and types):
+
+- ``control_plane`` (session): a started :class:`deploy.controlplane.ControlPlane` with every CRD
+  in ``deploy/crds/`` applied and Established.
+- ``k8s_api`` (session): a ``kubernetes.client.ApiClient`` authenticated as the cluster admin.
+- ``namespace`` (function): a fresh namespace, deleted (without waiting) after the test.
+- ``kubectl`` (function): :class:`tests.support.kubectl.Kubectl` bound to the test namespace;
+  ``cluster_kubectl`` (session): the same without a namespace, for cluster-scoped work.
+- ``redis_server`` (session): a started :class:`deploy.local_redis.RedisServer`;
+  ``redis_url`` (function): its URL, with every database flushed before the test.
+
+Tests that use the control plane or Redis are marked ``cluster`` / ``redis`` automatically,
+so ``pytest -m "not cluster and not redis"`` runs only the pure tests.
+
+Cleanup: fixtures stop their processes in teardown, which pytest also runs after a failure
+or Ctrl-C; and every process is started with a parent-death signal, so even a pytest killed
+with SIGKILL leaves no etcd, kube-apiserver or redis-server behind.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+from kubernetes import client
+
+from deploy import _kube
+from deploy.controlplane import ControlPlane
+from deploy.crds import CRD_DIR
+from deploy.local_redis import RedisServer
+from tests.support.kubectl import Kubectl
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if {"control_plane", "k8s_api", "namespace", "kubectl", "cluster_kubectl"} & set(names):
+            item.add_marker(pytest.mark.cluster)
+        if {"redis_server", "redis_url"} & set(names):
+            item.add_marker(pytest.mark.redis)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    crds = [yaml.safe_load(p.read_text()) for p in sorted(CRD_DIR.glob("*.yaml"))]
+    plane = ControlPlane(tmp_path_factory.mktemp("controlplane"), die_with_parent=True)
+    try:
+        plane.start(timeout=120, crds=crds)
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def k8s_api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    api = _kube.api_client(control_plane.kubeconfig)
+    try:
+        yield api
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def _namespace_name(test_name: str) -> str:
+    """A DNS label that says which test owns the namespace, unique per call."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"t-{stem}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def namespace(k8s_api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    core = client.CoreV1Api(k8s_api)
+    name = _namespace_name(request.node.name)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        # The namespace controller finishes the deletion in the background; nobody waits for it.
+        core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def cluster_kubectl(control_plane: ControlPlane) -> Kubectl:
+    return Kubectl(control_plane.kubeconfig)
+
+
+@pytest.fixture
+def kubectl(cluster_kubectl: Kubectl, namespace: str) -> Kubectl:
+    return cluster_kubectl.in_namespace(namespace)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), die_with_parent=True)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    connection = redis.Redis.from_url(redis_server.url)
+    try:
+        connection.flushall()
+    finally:
+        connection.close()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

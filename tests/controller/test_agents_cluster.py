@@ -1,0 +1,264 @@
+"""AgentDeployments against the real control plane: children, status from real processes, GC,
+self-healing, missing Secrets, prompt revisions and rollback.
+
+Each test runs its own controller process (``--namespace <test namespace>``) and, where pods must
+become ready, the local launcher, so READY comes from real ``agent_runtime`` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from controller.revisions import prompt_sha256
+from policies.models import (
+    CHANGE_REASON,
+    PROMPT_CHANGED_AT,
+    PROMPT_CHANGED_BY,
+    PROMPT_CHANGED_BY_GROUPS,
+    PROMPT_CHANGED_BY_UID,
+    PROMPT_PREVIOUS_SHA256,
+    PROMPT_SHA256,
+)
+from tests.controller.conftest import ControllerProcess, wait_for
+from tests.support.kubectl import Kubectl
+from tests.support.seed import SEED_AGENT
+
+SMALL_AGENT = """\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentDeployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  model: claude-sonnet-4-20250514
+  systemPrompt: "You answer briefly."
+  limits: {{maxTokensPerCall: 500, maxConcurrentTasks: 2, timeoutSeconds: 30}}
+"""
+
+
+def agdep(kubectl: Kubectl, name: str) -> dict[str, Any]:
+    return kubectl.json("get", "agdep", name)
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
+
+
+def exists(read: Any, *args: Any) -> bool:
+    try:
+        read(*args)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def test_seed_agent_gets_children_and_ready_status_from_real_processes(
+    kubectl: Kubectl,
+    k8s_api: client.ApiClient,
+    namespace: str,
+    controller: ControllerProcess,
+    local_agents: None,
+) -> None:
+    kubectl("apply", "-f", "-", input=SEED_AGENT)
+    apps, core = client.AppsV1Api(k8s_api), client.CoreV1Api(k8s_api)
+    wait_for(lambda: exists(core.read_namespaced_service, "research-agent-metrics", namespace), "children")
+    deployment = apps.read_namespaced_deployment("research-agent", namespace)
+    env = {e.name: e for e in deployment.spec.template.spec.containers[0].env}
+    assert env["AGENTOPS_MAX_CONCURRENT_TASKS"].value == "5"
+    assert env["AGENTOPS_MAX_TOKENS_PER_CALL"].value == "8000"
+    assert env["AGENTOPS_PROVIDER"].value == "offline"
+    assert (
+        core.read_namespaced_config_map("research-agent-prompt", namespace)
+        .data["system-prompt"]
+        .startswith("You are a research agent.")
+    )
+    assert core.read_namespaced_service("research-agent-metrics", namespace).spec.ports[0].port == 8080
+
+    ready = wait_for(
+        lambda: (agdep(kubectl, "research-agent").get("status") or {}).get("readyReplicas") == 3,
+        "3 ready replicas from local runtime processes",
+        timeout=60,
+    )
+    assert ready
+    obj = agdep(kubectl, "research-agent")
+    status = obj["status"]
+    assert status["replicas"] == 3
+    assert status["selector"] == "agentops.agentops.io/agent=research-agent"
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert status["promptHash"] == prompt_sha256(obj["spec"]["systemPrompt"])
+    assert status["promptRevision"] == 1
+    assert status["effectiveProvider"] == "offline (no API key)"
+    ready_condition = condition(obj, "Ready")
+    assert ready_condition is not None
+    assert ready_condition["status"] == "True"
+    assert ready_condition["reason"] == "AllReplicasReady"
+    assert condition(obj, "BudgetExceeded")["status"] == "False"  # type: ignore[index]
+    printed = kubectl("get", "agdep", "research-agent").stdout
+    assert printed.split("\n")[1].split()[2:4] == ["3", "3"], printed
+    events = kubectl.json("get", "events", "--field-selector", "involvedObject.name=research-agent")
+    assert "OfflineProvider" in {e["reason"] for e in events["items"]}
+
+    # The scale subresource drives replicas (what `kubectl scale` and HPA/KEDA use).
+    kubectl("scale", "agdep", "research-agent", "--replicas=1")
+    wait_for(
+        lambda: (apps.read_namespaced_deployment("research-agent", namespace).spec.replicas == 1
+                 and agdep(kubectl, "research-agent")["status"].get("readyReplicas") == 1),
+        "scale to 1 reaches the Deployment and the status",
+        timeout=30,
+    )  # fmt: skip
+
+
+def test_deleted_deployment_comes_back_and_deleting_the_agent_removes_its_children(
+    kubectl: Kubectl, k8s_api: client.ApiClient, namespace: str, controller: ControllerProcess
+) -> None:
+    kubectl("apply", "-f", "-", input=SMALL_AGENT.format(name="helper", replicas=1))
+    apps, core = client.AppsV1Api(k8s_api), client.CoreV1Api(k8s_api)
+    wait_for(lambda: exists(apps.read_namespaced_deployment, "helper", namespace), "Deployment")
+    first_uid = apps.read_namespaced_deployment("helper", namespace).metadata.uid
+
+    apps.delete_namespaced_deployment("helper", namespace)
+    restored = wait_for(
+        lambda: (
+            exists(apps.read_namespaced_deployment, "helper", namespace)
+            and apps.read_namespaced_deployment("helper", namespace).metadata.uid != first_uid
+        ),
+        "the hand-deleted Deployment to be recreated",
+    )
+    assert restored
+    core.delete_namespaced_config_map("helper-prompt", namespace)
+    wait_for(lambda: exists(core.read_namespaced_config_map, "helper-prompt", namespace), "ConfigMap back")
+
+    kubectl("delete", "agdep", "helper", "--wait=true")
+    wait_for(
+        lambda: (
+            not any(
+                (
+                    exists(apps.read_namespaced_deployment, "helper", namespace),
+                    exists(core.read_namespaced_config_map, "helper-prompt", namespace),
+                    exists(core.read_namespaced_service, "helper-metrics", namespace),
+                )
+            )
+        ),
+        "garbage collection of Deployment, ConfigMap and Service",
+        timeout=60,
+    )
+
+
+def test_missing_secret_is_a_condition_with_a_message_not_a_crash(
+    kubectl: Kubectl, namespace: str, controller: ControllerProcess, local_agents: None
+) -> None:
+    manifest = SMALL_AGENT.format(name="keyed", replicas=1) + "  credentials: {secretRef: {name: llm-key}}\n"
+    kubectl("apply", "-f", "-", input=manifest)
+
+    def not_found() -> dict[str, Any] | None:
+        ready = condition(agdep(kubectl, "keyed"), "Ready")
+        return ready if ready and ready["reason"] == "SecretNotFound" else None
+
+    ready = wait_for(not_found, "Ready=False/SecretNotFound")
+    assert ready["status"] == "False"
+    assert "llm-key" in ready["message"]
+    assert "does not exist" in ready["message"]
+    events = kubectl.json("get", "events", "--field-selector", "involvedObject.name=keyed")
+    assert "SecretNotFound" in {e["reason"] for e in events["items"]}
+    assert controller.proc is not None
+    assert controller.proc.poll() is None, controller.output()[-3000:]
+
+    # Once the Secret exists the agent uses it (the pod starts, the condition clears).
+    kubectl("create", "secret", "generic", "llm-key", "--from-literal=api-key=not-a-real-key")
+    wait_for(
+        lambda: (condition(agdep(kubectl, "keyed"), "Ready") or {}).get("reason") != "SecretNotFound",
+        "the condition to clear after the Secret appears",
+    )
+    assert agdep(kubectl, "keyed")["status"]["effectiveProvider"] == "anthropic"
+
+
+def _revisions(kubectl: Kubectl, agent: str) -> list[dict[str, Any]]:
+    items = kubectl.json("get", "agrev", "-l", f"agentops.agentops.io/agent={agent}")["items"]
+    return sorted(items, key=lambda r: r["spec"]["revision"])
+
+
+def _stamp_patch(prompt: str, previous: str, user: str, groups: list[str], reason: str) -> str:
+    """The change exactly as the mutating webhook would store it (the webhook itself is not running here)."""
+    return json.dumps(
+        {
+            "metadata": {
+                "annotations": {
+                    PROMPT_SHA256: prompt_sha256(prompt),
+                    PROMPT_PREVIOUS_SHA256: previous,
+                    PROMPT_CHANGED_BY: user,
+                    PROMPT_CHANGED_BY_UID: "uid-" + user,
+                    PROMPT_CHANGED_BY_GROUPS: ",".join(groups),
+                    PROMPT_CHANGED_AT: "2026-11-24T10:00:00Z",
+                    CHANGE_REASON: reason,
+                }
+            },
+            "spec": {"systemPrompt": prompt},
+        }
+    )
+
+
+def test_prompt_change_by_impersonated_user_makes_exactly_one_revision_and_rollback_works(
+    kubectl: Kubectl, namespace: str, controller: ControllerProcess, control_plane: Any
+) -> None:
+    kubectl("apply", "-f", "-", input=SMALL_AGENT.format(name="writer", replicas=0))
+    wait_for(lambda: len(_revisions(kubectl, "writer")) == 1, "revision 1")
+    # alice may edit agents in this namespace, nothing else.
+    kubectl("create", "role", "agent-editor", "--verb=get,patch,update", "--resource=agentdeployments")
+    kubectl("create", "rolebinding", "alice-edits", "--role=agent-editor", "--user=alice")
+
+    old_prompt = agdep(kubectl, "writer")["spec"]["systemPrompt"]
+    new_prompt = "You answer briefly and politely."
+    patch = _stamp_patch(new_prompt, prompt_sha256(old_prompt), "alice", ["team-a"], "be polite")
+    kubectl("patch", "agdep", "writer", "--type=merge", "-p", patch, as_user="alice", as_groups=["team-a"])
+
+    revisions = wait_for(lambda: (r := _revisions(kubectl, "writer")) and len(r) == 2 and r, "revision 2")
+    second = revisions[1]["spec"]
+    assert second["revision"] == 2
+    assert second["author"] == {"username": "alice", "uid": "uid-alice", "groups": ["team-a"]}
+    assert second["reason"] == "be polite"
+    assert second["prompt"] == new_prompt
+    assert second["previousSha256"] == prompt_sha256(old_prompt)
+    assert agdep(kubectl, "writer")["status"]["promptRevision"] == 2
+
+    # Exactly one per change, also across a controller crash and restart.
+    controller.kill()
+    controller.start()
+    wait_for(lambda: "controller started" in controller.output(), "controller restart")
+    kubectl("annotate", "agdep", "writer", "touch=1")  # an event after the restart
+    wait_for(lambda: (agdep(kubectl, "writer")["metadata"].get("annotations") or {}).get("touch"), "touch")
+    import time
+
+    time.sleep(3)
+    assert len(_revisions(kubectl, "writer")) == 2
+
+    history = subprocess.run(
+        [sys.executable, "-m", "agentops", "history", "writer", "-n", namespace,
+         "--kubeconfig", str(control_plane.kubeconfig)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "alice (team-a)" in history.stdout
+    assert "be polite" in history.stdout
+    assert "+You answer briefly and politely." in history.stdout
+
+    rollback = subprocess.run(
+        [sys.executable, "-m", "agentops", "rollback", "writer", "--to", "1", "--reason", "too chatty",
+         "-n", namespace, "--kubeconfig", str(control_plane.kubeconfig)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert rollback.returncode == 0, rollback.stderr
+    obj = agdep(kubectl, "writer")
+    assert obj["spec"]["systemPrompt"] == old_prompt
+    assert obj["metadata"]["annotations"][CHANGE_REASON] == "too chatty"
+    revisions = wait_for(
+        lambda: (r := _revisions(kubectl, "writer")) and len(r) == 3 and r, "rollback revision"
+    )
+    assert revisions[2]["spec"]["prompt"] == old_prompt
+    assert revisions[2]["spec"]["reason"] == "too chatty"

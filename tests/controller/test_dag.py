@@ -1,0 +1,95 @@
+"""Pure tests of pipeline scheduling: what runs next, what is skipped, prompts, phase."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller import dag
+from policies.models import AgentPipelineSpec, StepStatus
+from policies.templates import TemplateError
+
+
+def spec(*steps: dict[str, Any], fail_fast: bool = True) -> AgentPipelineSpec:
+    return AgentPipelineSpec.model_validate(
+        {"input": {"topic": "AI"}, "steps": list(steps), "failFast": fail_fast}
+    )
+
+
+def step(name: str, *deps: str, prompt: str = "do {{ .pipeline.input.topic }}") -> dict[str, Any]:
+    return {"name": name, "agentDeployment": "agent", "dependsOn": list(deps), "inputs": {"prompt": prompt}}
+
+
+DIAMOND = spec(step("a"), step("b"), step("c", "a", "b"), step("d", "c"))
+
+
+def test_independent_steps_are_runnable_together_and_dependents_wait() -> None:
+    steps = dag.initial_steps(DIAMOND)
+    assert [s.name for s in dag.runnable(DIAMOND, steps)] == ["a", "b"]
+    steps["a"].phase = "Succeeded"
+    assert [s.name for s in dag.runnable(DIAMOND, steps)] == ["b"]
+    steps["b"].phase = "Succeeded"
+    assert [s.name for s in dag.runnable(DIAMOND, steps)] == ["c"]
+
+
+def test_fail_fast_skips_everything_not_started() -> None:
+    steps = dag.initial_steps(DIAMOND)
+    steps["a"].phase = "Failed"
+    assert dag.skip_blocked(DIAMOND, steps) == ["b", "c", "d"]
+    assert dag.pipeline_phase(DIAMOND, steps) == "Failed"
+
+
+def test_without_fail_fast_independent_steps_continue() -> None:
+    s = spec(step("a"), step("b"), step("c", "a"), fail_fast=False)
+    steps = dag.initial_steps(s)
+    steps["a"].phase = "Failed"
+    assert dag.skip_blocked(s, steps) == ["c"]
+    assert [x.name for x in dag.runnable(s, steps)] == ["b"]
+    assert dag.pipeline_phase(s, steps) == "Running"
+    steps["b"].phase = "Succeeded"
+    assert dag.pipeline_phase(s, steps) == "Failed"
+
+
+def test_resume_keeps_recorded_step_status() -> None:
+    recorded = [StepStatus(name="a", phase="Succeeded", attempts=1), StepStatus(name="gone")]
+    steps = dag.initial_steps(DIAMOND, recorded)
+    assert steps["a"].phase == "Succeeded"
+    assert set(steps) == {"a", "b", "c", "d"}
+
+
+def test_task_ids_are_deterministic() -> None:
+    assert dag.task_id("uid", "research", 2) == "uid:research:2"
+
+
+def test_prompt_from_templates_and_empty_values_are_reported() -> None:
+    s = step("c", "a", prompt="Summarize: {{ .steps.a.output }}")
+    from policies.models import PipelineStep
+
+    model = PipelineStep.model_validate({**s, "inputs": {"prompt": s["inputs"]["prompt"], "style": "short"}})
+    assert dag.compose_prompt(model, {}, {"a": "facts"}) == "Summarize: facts\n\nstyle: short"
+    empty = PipelineStep.model_validate({**s, "inputs": {"prompt": "{{ .steps.a.output }}"}})
+    with pytest.raises(dag.EmptyPromptError, match="rendered an empty value"):
+        dag.compose_prompt(empty, {}, {"a": "  "})
+    with pytest.raises(TemplateError, match="not available"):
+        dag.compose_prompt(model, {}, {})
+
+
+def test_graph_validation_names_cycles_and_unknown_steps() -> None:
+    assert dag.validate_graph(DIAMOND) is None
+    msg = dag.validate_graph(spec(step("a", "b"), step("b", "a")))
+    assert msg is not None
+    assert "cycle" in msg
+    msg = dag.validate_graph(spec(step("a", "nope")))
+    assert msg is not None
+    assert "'nope'" in msg
+
+
+def test_progress_and_truncation() -> None:
+    steps = dag.initial_steps(DIAMOND)
+    steps["a"].phase = "Succeeded"
+    assert dag.progress(steps) == "1/4"
+    text, cut = dag.truncate("x" * (dag.STATUS_OUTPUT_LIMIT + 1))
+    assert cut
+    assert text.startswith("x" * dag.STATUS_OUTPUT_LIMIT)
+    assert "agentops pipeline output" in text

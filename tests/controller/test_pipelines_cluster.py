@@ -1,0 +1,396 @@
+"""AgentPipelines end to end: real control plane, real Redis, real runtime processes (offline provider).
+
+Covers the seed article's pipeline, concurrency of independent steps, a controller crash in the
+middle (no step submitted twice), failures with retries, waiting for a missing agent, withdrawal of
+queued tasks on deletion, and an empty rendered template.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from kubernetes import client
+
+from deploy.local_agents import run_local_agents
+from policies.tasks import pipeline_results_stream, task_stream
+from tests.controller.conftest import ControllerProcess, wait_for
+from tests.support.kubectl import Kubectl
+from tests.support.seed import SEED_AGENT, SEED_PIPELINE
+
+SUMMARIZER = Path(__file__).resolve().parents[2] / "deploy" / "samples" / "summarizer-agent.yaml"
+
+AGENT = """\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentDeployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  model: offline-test
+  systemPrompt: "You answer briefly."
+  limits: {{maxTokensPerCall: 200, maxConcurrentTasks: 4, timeoutSeconds: 30}}
+"""
+
+
+def pipeline(kubectl: Kubectl, name: str) -> dict[str, Any]:
+    return kubectl.json("get", "agpipe", name)
+
+
+def phase(kubectl: Kubectl, name: str) -> str | None:
+    return (pipeline(kubectl, name).get("status") or {}).get("phase")
+
+
+def finished(kubectl: Kubectl, name: str, timeout: float = 60) -> dict[str, Any]:
+    wait_for(lambda: phase(kubectl, name) in ("Succeeded", "Failed"), f"pipeline {name} to finish", timeout)
+    return pipeline(kubectl, name)
+
+
+def steps_of(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in obj["status"]["steps"]}
+
+
+def ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def ready(kubectl: Kubectl, agent: str, replicas: int = 1) -> None:
+    wait_for(
+        lambda: (kubectl.json("get", "agdep", agent).get("status") or {}).get("readyReplicas", 0) >= replicas,
+        f"{agent} to have {replicas} ready replica(s)",
+        timeout=60,
+    )
+
+
+def task_ids(r: redis.Redis, namespace: str, agent: str) -> list[str]:
+    return [f[b"task_id"].decode() for _, f in r.xrange(task_stream(namespace, agent))]
+
+
+def test_seed_article_pipeline_succeeds_with_output(
+    kubectl: Kubectl, namespace: str, redis_url: str, controller: ControllerProcess, local_agents: None,
+    control_plane: Any,
+) -> None:  # fmt: skip
+    kubectl("apply", "-f", "-", input=SEED_AGENT)
+    kubectl("apply", "-f", str(SUMMARIZER))
+    ready(kubectl, "research-agent", 3)
+    ready(kubectl, "summarizer-agent", 1)
+    kubectl("apply", "-f", "-", input=SEED_PIPELINE)
+    obj = finished(kubectl, "research-then-summarize")
+    status = obj["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["progress"] == "2/2"
+    assert status["output"].strip()
+    steps = steps_of(obj)
+    assert "AI in healthcare" in steps["research"]["output"]
+    assert ts(steps["summarize"]["startTime"]) >= ts(steps["research"]["completionTime"])
+    uid = obj["metadata"]["uid"]
+    assert steps["research"]["taskId"] == f"{uid}:research:1"
+    r = redis.Redis.from_url(redis_url)
+    assert task_ids(r, namespace, "research-agent") == [f"{uid}:research:1"]
+    assert task_ids(r, namespace, "summarizer-agent") == [f"{uid}:summarize:1"]
+    printed = kubectl("get", "agpipe").stdout
+    assert "Succeeded" in printed
+    assert "2/2" in printed
+    out = subprocess.run(
+        [sys.executable, "-m", "agentops", "pipeline", "output", "research-then-summarize", "-n", namespace,
+         "--redis-url", redis_url, "--kubeconfig", str(control_plane.kubeconfig)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == status["output"].strip()
+
+
+def test_independent_steps_run_concurrently(
+    kubectl: Kubectl, namespace: str, redis_url: str, controller: ControllerProcess, local_agents: None
+) -> None:
+    kubectl("apply", "-f", "-", input=AGENT.format(name="left", replicas=1))
+    kubectl("apply", "-f", "-", input=AGENT.format(name="right", replicas=1))
+    ready(kubectl, "left")
+    ready(kubectl, "right")
+    kubectl(
+        "apply", "-f", "-",
+        input="""\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentPipeline
+metadata: {name: fan-in}
+spec:
+  input: {topic: tides}
+  steps:
+    - {name: a, agentDeployment: left, inputs: {prompt: "facts about {{ .pipeline.input.topic }}"}}
+    - {name: b, agentDeployment: right, inputs: {prompt: "history of {{ .pipeline.input.topic }}"}}
+    - name: c
+      agentDeployment: left
+      dependsOn: [a, b]
+      inputs: {prompt: "combine {{ .steps.a.output }} with {{ .steps.b.output }}"}
+""",
+    )  # fmt: skip
+    obj = finished(kubectl, "fan-in")
+    assert obj["status"]["phase"] == "Succeeded"
+    steps = steps_of(obj)
+    # Both independent steps were submitted before either finished ...
+    assert max(ts(steps["a"]["startTime"]), ts(steps["b"]["startTime"])) < min(
+        ts(steps["a"]["completionTime"]), ts(steps["b"]["completionTime"])
+    )
+    # ... and the join only after both.
+    assert ts(steps["c"]["startTime"]) >= max(
+        ts(steps["a"]["completionTime"]), ts(steps["b"]["completionTime"])
+    )
+    # Redis says the same with its own clock: both tasks entered their streams before the first result.
+    r = redis.Redis.from_url(redis_url)
+    first_result = r.xrange(pipeline_results_stream(namespace, "fan-in"), count=1)[0][0]
+    entry_a = r.xrange(task_stream(namespace, "left"), count=1)[0][0]
+    entry_b = r.xrange(task_stream(namespace, "right"), count=1)[0][0]
+
+    def stamp(entry: bytes) -> tuple[int, int]:
+        ms, seq = entry.decode().split("-")
+        return int(ms), int(seq)
+
+    assert max(stamp(entry_a), stamp(entry_b)) < stamp(first_result)
+
+
+CHAIN_LENGTH = 16
+
+
+def chain_manifest(name: str, agent: str, length: int) -> str:
+    steps = [
+        '    - {name: s0, agentDeployment: %s, inputs: {prompt: "start {{ .pipeline.input.topic }}"}}' % agent
+    ]
+    for i in range(1, length):
+        steps.append(
+            f"    - {{name: s{i}, agentDeployment: {agent}, dependsOn: [s{i - 1}], "
+            f'inputs: {{prompt: "step {i} after {{{{ .steps.s{i - 1}.output }}}}"}}}}'
+        )
+    return (
+        "apiVersion: agentops.agentops.io/v1alpha1\nkind: AgentPipeline\n"
+        f"metadata: {{name: {name}}}\nspec:\n  input: {{topic: crash}}\n  steps:\n" + "\n".join(steps) + "\n"
+    )
+
+
+def test_controller_killed_mid_pipeline_resumes_without_submitting_any_step_twice(
+    kubectl: Kubectl, namespace: str, redis_url: str, controller: ControllerProcess, local_agents: None
+) -> None:
+    kubectl("apply", "-f", "-", input=AGENT.format(name="chain", replicas=1))
+    ready(kubectl, "chain")
+    kubectl("apply", "-f", "-", input=chain_manifest("long-chain", "chain", CHAIN_LENGTH))
+
+    def progressed() -> bool:
+        done = int(
+            ((pipeline(kubectl, "long-chain").get("status") or {}).get("progress") or "0/1").split("/")[0]
+        )
+        return done >= 2
+
+    wait_for(progressed, "a few steps to succeed", timeout=60, interval=0.02)
+    controller.kill()
+    at_kill = pipeline(kubectl, "long-chain")["status"]
+    assert at_kill["phase"] == "Running", (
+        f"the pipeline must still be running when killed: {at_kill['progress']}"
+    )
+    time.sleep(1)  # results keep arriving while the controller is down
+    controller.start()
+
+    obj = finished(kubectl, "long-chain", timeout=120)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    r = redis.Redis.from_url(redis_url)
+    submitted = task_ids(r, namespace, "chain")
+    uid = obj["metadata"]["uid"]
+    assert sorted(submitted) == sorted(f"{uid}:s{i}:1" for i in range(CHAIN_LENGTH)), submitted
+    assert len(submitted) == len(set(submitted)) == CHAIN_LENGTH
+    assert all(s["attempts"] == 1 for s in obj["status"]["steps"])
+    assert controller.starts == 2
+
+
+def test_failing_step_fails_the_pipeline_with_its_message_and_counts_retries(
+    kubectl: Kubectl, namespace: str, redis_url: str, controller: ControllerProcess, local_agents: None
+) -> None:
+    # A namespace budget of one token: every call is refused by the runtime itself (budget_exceeded).
+    kubectl(
+        "apply", "-f", "-",
+        input="""\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentPolicy
+metadata: {name: tiny-budget}
+spec: {budget: {tokens: 1, period: day, scope: Agent}}
+""",
+    )  # fmt: skip
+    kubectl("apply", "-f", "-", input=AGENT.format(name="broke", replicas=1))
+    ready(kubectl, "broke")
+    wait_for(
+        lambda: kubectl.json("get", "agdep", "broke")["status"].get("usage", {}).get("remainingTokens") == 1,
+        "the budget to reach the agent's status",
+    )
+    kubectl(
+        "apply", "-f", "-",
+        input="""\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentPipeline
+metadata: {name: doomed}
+spec:
+  steps:
+    - {name: first, agentDeployment: broke, retries: 2, inputs: {prompt: "say something"}}
+    - {name: second, agentDeployment: broke, dependsOn: [first], inputs: {prompt: "{{ .steps.first.output }}"}}
+""",
+    )  # fmt: skip
+    obj = finished(kubectl, "doomed")
+    status = obj["status"]
+    assert status["phase"] == "Failed"
+    steps = steps_of(obj)
+    assert steps["first"]["phase"] == "Failed"
+    assert steps["first"]["attempts"] == 3
+    assert "budget_exceeded" in steps["first"]["message"]
+    assert "attempt 3 of 3" in steps["first"]["message"]
+    assert steps["second"]["phase"] == "Skipped"
+    failed = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert failed["status"] == "False"
+    assert "first" in failed["message"]
+    assert "budget_exceeded" in failed["message"]
+    r = redis.Redis.from_url(redis_url)
+    uid = obj["metadata"]["uid"]
+    assert task_ids(r, namespace, "broke") == [f"{uid}:first:{n}" for n in (1, 2, 3)]
+
+
+def test_step_for_a_missing_agent_waits_with_a_message_then_fails_at_its_timeout(
+    kubectl: Kubectl, controller: ControllerProcess
+) -> None:
+    kubectl(
+        "apply", "-f", "-",
+        input="""\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentPipeline
+metadata: {name: lonely}
+spec:
+  steps:
+    - {name: ask, agentDeployment: ghost, timeoutSeconds: 4, inputs: {prompt: "anyone?"}}
+""",
+    )  # fmt: skip
+
+    def waiting() -> dict[str, Any] | None:
+        steps = (pipeline(kubectl, "lonely").get("status") or {}).get("steps") or []
+        return steps[0] if steps and steps[0]["phase"] == "Waiting" else None
+
+    step = wait_for(waiting, "the step to wait")
+    assert "agent 'ghost' does not exist" in step["message"]
+    obj = finished(kubectl, "lonely", timeout=30)
+    step = obj["status"]["steps"][0]
+    assert step["phase"] == "Failed"
+    assert "timed out after 4s" in step["message"]
+    assert "ghost" in step["message"]
+
+
+def test_empty_rendered_template_is_reported_on_the_step(
+    kubectl: Kubectl, controller: ControllerProcess, local_agents: None
+) -> None:
+    kubectl("apply", "-f", "-", input=AGENT.format(name="echo", replicas=1))
+    ready(kubectl, "echo")
+    kubectl(
+        "apply", "-f", "-",
+        input="""\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentPipeline
+metadata: {name: blank}
+spec:
+  input: {topic: ""}
+  steps:
+    - {name: ask, agentDeployment: echo, inputs: {prompt: "{{ .pipeline.input.topic }}"}}
+""",
+    )  # fmt: skip
+    obj = finished(kubectl, "blank")
+    step = obj["status"]["steps"][0]
+    assert step["phase"] == "Failed"
+    assert "input 'prompt' rendered an empty value" in step["message"]
+    assert step.get("attempts", 0) == 0
+
+
+def test_deleting_a_running_pipeline_withdraws_its_queued_tasks(
+    kubectl: Kubectl,
+    namespace: str,
+    redis_url: str,
+    controller: ControllerProcess,
+    control_plane: Any,
+    tmp_path: Path,
+) -> None:
+    # Workers start (creating the consumer group) and report ready, then stop consuming: the pod
+    # still reads Ready, so the controller submits, but no worker takes the task.
+    stop = threading.Event()
+    launcher = threading.Thread(
+        target=run_local_agents, args=(control_plane.kubeconfig, namespace, tmp_path / "agents", stop)
+    )
+    launcher.start()
+    try:
+        kubectl("apply", "-f", "-", input=AGENT.format(name="stalled", replicas=1))
+        ready(kubectl, "stalled")
+    finally:
+        stop.set()
+        launcher.join(timeout=30)
+    r = redis.Redis.from_url(redis_url)
+    wait_for(lambda: r.exists(task_stream(namespace, "stalled")) or r.keys("*stalled*"), "worker group")
+    kubectl(
+        "apply", "-f", "-",
+        input="""\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentPipeline
+metadata: {name: abandoned}
+spec:
+  steps:
+    - {name: one, agentDeployment: stalled, inputs: {prompt: "first"}}
+    - {name: two, agentDeployment: stalled, inputs: {prompt: "second"}}
+""",
+    )  # fmt: skip
+    wait_for(lambda: r.xlen(task_stream(namespace, "stalled")) == 2, "two queued tasks")
+    assert phase(kubectl, "abandoned") == "Running"
+    kubectl("delete", "agpipe", "abandoned", "--wait=true", timeout=60)
+    assert r.xlen(task_stream(namespace, "stalled")) == 0
+    assert not r.exists(pipeline_results_stream(namespace, "abandoned"))
+
+
+def test_budget_spent_flips_the_condition_and_posts_an_event(
+    kubectl: Kubectl, namespace: str, redis_url: str, controller: ControllerProcess, local_agents: None,
+    k8s_api: client.ApiClient,
+) -> None:  # fmt: skip
+    kubectl(
+        "apply", "-f", "-",
+        input="""\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentPolicy
+metadata: {name: small-budget}
+spec: {budget: {tokens: 60, period: day, scope: Agent}}
+""",
+    )  # fmt: skip
+    kubectl("apply", "-f", "-", input=AGENT.format(name="spender", replicas=1))
+    ready(kubectl, "spender")
+    wait_for(
+        lambda: (
+            kubectl.json("get", "agdep", "spender")["status"].get("usage", {}).get("remainingTokens") == 60
+        ),
+        "the budget in status",
+    )
+    r = redis.Redis.from_url(redis_url)
+    reply = f"agentops:{namespace}:client:test:results"
+    statuses: list[str] = []
+    for i in range(12):
+        r.xadd(task_stream(namespace, "spender"), {"task_id": f"t{i}", "prompt": "one two three four five",
+                                                     "reply_to": reply, "max_tokens": "5"})  # fmt: skip
+        entry = wait_for(lambda n=i: r.xrange(reply)[n : n + 1], f"result {i}")
+        statuses.append(entry[0][1][b"status"].decode())
+        if statuses[-1] == "budget_exceeded":
+            break
+    assert "succeeded" in statuses
+    obj = wait_for(
+        lambda: (
+            (o := kubectl.json("get", "agdep", "spender"))
+            and any(
+                c["type"] == "BudgetExceeded" and c["status"] == "True" for c in o["status"]["conditions"]
+            )
+            and o
+        ),
+        "BudgetExceeded=True",
+    )
+    usage = obj["status"]["usage"]
+    assert usage["tokens"] > 0
+    assert usage["remainingTokens"] == max(0, 60 - usage["tokens"])
+    events = kubectl.json("get", "events", "--field-selector", "involvedObject.name=spender")["items"]
+    assert "BudgetExceeded" in {e["reason"] for e in events}

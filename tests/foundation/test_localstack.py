@@ -1,0 +1,124 @@
+"""The local stack: ``python -m deploy up|status|down`` and the component registration point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy._process import PidFile
+from deploy.localstack import Component, LocalStack, StackInfo, http_ready
+from tests.support.kubectl import Kubectl
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def deploy_cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", "--state-dir", str(state_dir), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def _running_with(path: Path) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(path) in cmdline and state != "Z":
+            found.append(cmdline[:160])
+    return found
+
+
+def _echo_component() -> Component:
+    """A stand-in for the webhook: a real HTTP server on a reserved port, with a readiness check."""
+
+    def argv(info: StackInfo) -> list[str]:
+        return [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(info.port("echo"))]
+
+    return Component(
+        "echo",
+        argv,
+        env=lambda info: {"ECHO_MARKER": "yes"},
+        ready=http_ready(lambda info: f"http://127.0.0.1:{info.port('echo')}/"),
+    )
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    state = tmp_path / "state"
+    try:
+        yield state
+    finally:
+        LocalStack(state, components=[_echo_component()]).down()
+
+
+def test_up_status_down(state_dir: Path) -> None:
+    up = deploy_cli(state_dir, "up")
+    assert up.returncode == 0, up.stderr
+    kubeconfig = state_dir / "controlplane" / "kubeconfig"
+    assert f"export KUBECONFIG={kubeconfig}" in up.stdout
+    assert "applied AgentDeployment research-agent" in up.stderr
+
+    kubectl = Kubectl(kubeconfig, "default")
+    table = kubectl("get", "agdep").stdout
+    assert "research-agent" in table
+    assert "summarizer-agent" in table
+    assert kubectl.json("get", "clusteragentpolicy", "org-defaults")["spec"]["mode"] == "Enforce"
+    assert kubectl.json("get", "agpipe", "research-then-summarize")["spec"]["steps"][0]["name"] == "research"
+
+    again = deploy_cli(state_dir, "up")
+    assert again.returncode == 0
+    assert "already running" in again.stderr
+
+    status = deploy_cli(state_dir, "status")
+    assert status.returncode == 0
+    assert "control-plane    running" in status.stdout
+
+    # A registered component joins the running stack: only it starts, with the stack's environment.
+    stack = LocalStack(state_dir, components=[_echo_component()])
+    stack.up(samples=False)
+    pid = PidFile(state_dir / "pids" / "echo.pid").alive_pid()
+    assert pid is not None
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"KUBECONFIG={kubeconfig}".encode() in environ
+    assert b"ECHO_MARKER=yes" in environ
+    assert any(e.startswith(b"AGENTOPS_REDIS_URL=redis://127.0.0.1:") for e in environ)
+    assert stack.status() == {"control-plane": True, "redis": True, "echo": True}
+
+    assert sorted(stack.down()) == ["control-plane", "echo", "redis"]
+    assert _running_with(state_dir) == []
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+
+    stopped = deploy_cli(state_dir, "status")
+    assert stopped.returncode == 3
+    assert "control-plane    stopped" in stopped.stdout
+    assert deploy_cli(state_dir, "down").stdout.strip() == "nothing was running"
+
+
+def test_failing_component_is_reported_with_its_log(state_dir: Path) -> None:
+    broken = Component(
+        "broken",
+        lambda info: [sys.executable, "-c", "import sys; print('no config here'); sys.exit(4)"],
+        ready=lambda info: False,
+        ready_timeout=30,
+    )
+    stack = LocalStack(state_dir, components=[broken])
+    with pytest.raises(
+        RuntimeError, match=r"broken exited with status 4; the end of .*broken.log:\nno config here"
+    ):
+        stack.up(samples=False)
+    stack.down()
+    assert _running_with(state_dir) == []

@@ -1,0 +1,182 @@
+"""Fixtures and helpers of the runtime tests: the fake LLM server, workers in-process and as processes.
+
+Redis comes from the shared ``redis_server`` / ``redis_url`` fixtures (tests/conftest.py).  Every test
+uses a namespace of its own, so streams and budget keys never collide even without the flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import redis.asyncio as aioredis
+
+from agent_runtime.settings import Settings
+from agent_runtime.worker import Worker
+from policies.prices import PriceTable
+from policies.runtime_config import RuntimeConfig
+from policies.tasks import Result, Task, client_results_stream, task_stream
+from tests.runtime.fake_llm import FakeLLM, FakeLLMServer
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY = "sk-test-secret-key-0123456789"
+SYSTEM_PROMPT = "You are a terse test agent."
+
+
+@pytest.fixture(scope="session")
+def fake_llm_server() -> Iterator[FakeLLMServer]:
+    server = FakeLLMServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def llm(fake_llm_server: FakeLLMServer) -> FakeLLM:
+    fake_llm_server.llm.reset()
+    return fake_llm_server.llm
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def rdb(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def make_config(redis_url: str, ns: str, **overrides: Any) -> RuntimeConfig:
+    values: dict[str, Any] = {
+        "namespace": ns,
+        "agent": "agent",
+        "model": "claude-sonnet-4-6",
+        "provider": "anthropic",
+        "max_tokens_per_call": 100,
+        "max_concurrent_tasks": 4,
+        "timeout_seconds": 5,
+        "redis_url": redis_url,
+        "http_port": 0,
+    }
+    values.update(overrides)
+    return RuntimeConfig(**values)
+
+
+def make_settings(
+    redis_url: str,
+    ns: str,
+    llm: FakeLLM | None = None,
+    *,
+    margin: float = 0.5,
+    grace: float = 5.0,
+    **overrides: Any,
+) -> Settings:
+    if llm is not None:
+        overrides.setdefault("base_url", llm.url)
+    return Settings(
+        config=make_config(redis_url, ns, **overrides),
+        system_prompt=SYSTEM_PROMPT,
+        api_key=API_KEY,
+        prices=PriceTable(),
+        reclaim_margin_seconds=margin,
+        shutdown_grace_seconds=grace,
+        http_host="127.0.0.1",
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Worker]:
+    """A worker running as a task of the test's event loop; stopped (gracefully) on exit."""
+    worker = Worker(settings)
+    worker.read_block_ms = 100  # stop quickly: a blocked XREADGROUP is never cancelled
+    run = asyncio.create_task(worker.run())
+    started = asyncio.create_task(worker.wait_started())
+    done, _ = await asyncio.wait({run, started}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    if run in done:
+        started.cancel()
+        run.result()
+    assert started in done, "worker did not start within 10 s"
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(run, 30)
+
+
+async def submit(
+    rdb: aioredis.Redis,
+    ns: str,
+    prompt: str,
+    *,
+    agent: str = "agent",
+    task_id: str | None = None,
+    reply_to: str | None = None,
+    **fields: Any,
+) -> str:
+    task = Task(
+        task_id=task_id or uuid.uuid4().hex,
+        prompt=prompt,
+        reply_to=reply_to or client_results_stream(ns, "test"),
+        **fields,
+    )
+    await rdb.xadd(task_stream(ns, agent), task.to_fields())  # type: ignore[arg-type]
+    return task.task_id
+
+
+async def entries(rdb: aioredis.Redis, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """XRANGE - + with the types a client without ``decode_responses`` really gets."""
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], await rdb.xrange(stream) or [])
+
+
+async def results(
+    rdb: aioredis.Redis, ns: str, count: int, *, reply_to: str | None = None, within: float = 15.0
+) -> list[Result]:
+    """Wait for ``count`` results on the reply stream; all of them, in arrival order."""
+    stream = reply_to or client_results_stream(ns, "test")
+    deadline = time.monotonic() + within
+    while True:
+        found_entries = await entries(rdb, stream)
+        if len(found_entries) >= count or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    found = [Result.from_fields(fields) for _, fields in found_entries]
+    assert len(found) >= count, f"expected {count} results on {stream}, got {len(found)}: {found}"
+    return found
+
+
+def runtime_env(settings: Settings) -> dict[str, str]:
+    """The environment a pod would get, plus what the test process needs to import the code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOPS_")}
+    env.update(settings.config.to_env())
+    env["AGENTOPS_API_KEY"] = settings.api_key or ""
+    env["AGENTOPS_RECLAIM_MARGIN_SECONDS"] = str(settings.reclaim_margin_seconds)
+    env["AGENTOPS_SHUTDOWN_GRACE_SECONDS"] = str(settings.shutdown_grace_seconds)
+    env["AGENTOPS_HTTP_HOST"] = "127.0.0.1"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def spawn_worker(settings: Settings, prompt_file: Path, log_file: Path) -> subprocess.Popen[bytes]:
+    prompt_file.write_text(settings.system_prompt)
+    env = runtime_env(settings)
+    env["AGENTOPS_PROMPT_FILE"] = str(prompt_file)
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent_runtime"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+        )

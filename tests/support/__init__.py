@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: running kubectl against the test cluster, waiting."""

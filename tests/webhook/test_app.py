@@ -1,0 +1,170 @@
+"""The webhook's HTTP layer over real TLS: uvicorn in a thread, httpx as the client.
+
+The policy source here is a :class:`~webhook.cache.StaticPolicySource` (a fixed snapshot), so
+these tests pin down the HTTP contract: status codes, AdmissionReview responses, fail-closed
+behaviour, cache completion of Scale requests, metrics.  The watch cache itself is tested against
+the real API server in ``test_cache.py``, and everything together in ``test_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from policies.engine import PolicySet
+from tests.webhook.conftest import Served, serve
+from tests.webhook.reviews import agent, apply_patch, cluster_policy, review, scale_review
+from webhook.app import create_app
+from webhook.cache import Snapshot, StaticPolicySource
+
+POLICY = cluster_policy(selector={"matchLabels": {"tier": "small"}}, replicas={"max": 2})
+SNAPSHOT = Snapshot(
+    PolicySet(cluster=(cluster_policy("org-defaults"), POLICY)),
+    namespace_labels={"team-a": {"kubernetes.io/metadata.name": "team-a"}},
+    agent_labels={("team-a", "small-agent"): {"tier": "small"}, ("team-a", "big-agent"): {}},
+)
+
+
+@pytest.fixture
+def served(cert_dir: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Served]:
+    # INFO on, as in the real process: logging with bad ``extra`` keys only fails when enabled.
+    caplog.set_level(logging.INFO)
+    with serve(create_app(StaticPolicySource(SNAPSHOT)), cert_dir) as s:
+        yield s
+
+
+@pytest.fixture
+def http(served: Served) -> Iterator[httpx.Client]:
+    with served.client(timeout=10) as c:
+        yield c
+
+
+def response_of(http: httpx.Client, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    reply = http.post(endpoint, json=body)
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    assert data["apiVersion"] == "admission.k8s.io/v1"
+    assert data["kind"] == "AdmissionReview"
+    answer: dict[str, Any] = data["response"]
+    assert answer["uid"] == body["request"]["uid"]
+    return answer
+
+
+def test_health_and_readiness(http: httpx.Client) -> None:
+    assert http.get("/healthz").text == "ok"
+    assert http.get("/readyz").status_code == 200
+
+
+def test_not_ready_and_fail_closed_until_the_cache_has_synced(cert_dir: Path) -> None:
+    with (
+        serve(create_app(StaticPolicySource(SNAPSHOT, synced=False)), cert_dir) as served,
+        served.client() as http,
+    ):
+        assert http.get("/readyz").status_code == 503
+        answer = response_of(http, "/validate", review(agent()))
+        assert answer["allowed"] is False
+        assert "policy cache not synced" in answer["status"]["message"]
+
+
+def test_mutate_fills_missing_limits_and_stamps_the_author(http: httpx.Client) -> None:
+    obj = agent()
+    answer = response_of(http, "/mutate", review(obj, user="alice"))
+    assert answer["allowed"] is True
+    patched = apply_patch(obj, answer)
+    assert patched["spec"]["limits"] == {
+        "maxTokensPerCall": 4000,
+        "maxConcurrentTasks": 2,
+        "timeoutSeconds": 60,
+    }
+    annotations = patched["metadata"]["annotations"]
+    assert annotations["agentops.agentops.io/prompt-changed-by"] == "alice"
+    assert len(annotations["agentops.agentops.io/prompt-sha256"]) == 64
+    # What the mutating webhook produced passes the validating webhook.
+    assert response_of(http, "/validate", review(patched, user="alice"))["allowed"] is True
+
+
+def test_validate_denies_over_the_ceiling_naming_field_value_limit_and_policy(http: httpx.Client) -> None:
+    obj = agent(limits={"maxTokensPerCall": 50000, "maxConcurrentTasks": 1, "timeoutSeconds": 10})
+    mutated = apply_patch(obj, response_of(http, "/mutate", review(obj)))
+    answer = response_of(http, "/validate", review(mutated))
+    assert answer["allowed"] is False
+    assert answer["status"]["code"] == 403
+    message = answer["status"]["message"]
+    assert (
+        "spec.limits.maxTokensPerCall: 50000 exceeds 16000 set by ClusterAgentPolicy/org-defaults" in message
+    )
+
+
+def test_scale_is_checked_against_the_scaled_agents_labels_from_the_cache(http: httpx.Client) -> None:
+    # "small-agent" carries tier=small in the cache, so the replicas.max=2 policy applies to it.
+    denied = response_of(http, "/validate", scale_review("team-a", "small-agent", 5))
+    assert denied["allowed"] is False
+    assert "spec.replicas: 5 exceeds 2" in denied["status"]["message"]
+    # Same request for an agent without the label: only the org ceiling (10) applies.
+    assert response_of(http, "/validate", scale_review("team-a", "big-agent", 5))["allowed"] is True
+    assert response_of(http, "/validate", scale_review("team-a", "big-agent", 11))["allowed"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"{not json", "body is not JSON"),
+        (b"[]", "must be a JSON object"),
+        (b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}', "expected apiVersion"),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": 3}', "request"),
+        (b"\xff\xfe\x00", "body is not JSON"),
+    ],
+)
+def test_malformed_reviews_get_400_with_a_clear_message(
+    http: httpx.Client, body: bytes, expected: str
+) -> None:
+    for endpoint in ("/mutate", "/validate"):
+        reply = http.post(endpoint, content=body, headers={"Content-Type": "application/json"})
+        assert reply.status_code == 400
+        assert expected in reply.json()["message"]
+    assert http.get("/healthz").status_code == 200  # still serving
+
+
+class ExplodingSource(StaticPolicySource):
+    def snapshot(self) -> Snapshot:
+        raise RuntimeError("boom (simulated cache failure)")
+
+
+def test_an_internal_error_denies_and_is_logged_with_the_uid(
+    cert_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with serve(create_app(ExplodingSource(SNAPSHOT)), cert_dir) as served, served.client() as http:
+        body = review(agent(systemPrompt="SECRET PROMPT TEXT"))
+        with caplog.at_level(logging.INFO, logger="webhook.admission"):
+            answer = response_of(http, "/validate", body)
+        assert answer["allowed"] is False
+        assert "internal error" in answer["status"]["message"]
+        records = [r for r in caplog.records if r.name == "webhook.admission"]
+        assert any(getattr(r, "uid", None) == body["request"]["uid"] for r in records)
+        assert "SECRET PROMPT TEXT" not in caplog.text
+        assert http.get("/healthz").status_code == 200
+
+
+def test_metrics_count_requests_by_resource_operation_and_decision(http: httpx.Client) -> None:
+    obj = agent(limits={"maxTokensPerCall": 50000, "maxConcurrentTasks": 1, "timeoutSeconds": 10})
+    response_of(http, "/validate", review(obj))
+    response_of(http, "/validate", scale_review("team-a", "small-agent", 1))
+    http.post("/validate", content=b"nope")
+    text = http.get("/metrics").text
+    assert (
+        'agentops_webhook_requests_total{decision="denied",endpoint="validate",'
+        'operation="CREATE",resource="agentdeployments"} 1.0'
+    ) in text
+    assert (
+        'agentops_webhook_requests_total{decision="allowed",endpoint="validate",'
+        'operation="UPDATE",resource="agentdeployments/scale"} 1.0'
+    ) in text
+    assert 'decision="malformed",endpoint="validate",operation="other",resource="other"} 1.0' in text
+    assert 'agentops_webhook_request_duration_seconds_count{endpoint="validate"} 3.0' in text
+    assert 'agentops_webhook_policy_cache_objects{kind="ClusterAgentPolicy"} 2.0' in text
+    assert "agentops_webhook_policy_cache_synced 1.0" in text

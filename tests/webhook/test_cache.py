@@ -1,0 +1,97 @@
+"""The watch cache against the real API server: first list, then every add, change and delete."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from certs.kube import configuration
+from tests.support.kubectl import Kubectl
+from webhook.cache import ClusterPolicyCache
+
+API_VERSION = "agentops.agentops.io/v1alpha1"
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def manifest(kind: str, name: str, spec: dict[str, Any], namespace: str | None = None, **meta: Any) -> str:
+    metadata: dict[str, Any] = {"name": name, **meta}
+    if namespace:
+        metadata["namespace"] = namespace
+    return yaml.safe_dump({"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec})
+
+
+async def test_cache_follows_policies_agents_and_namespace_labels(
+    control_plane: Any, k8s_api: client.ApiClient, kubectl: Kubectl, namespace: str
+) -> None:
+    cache = ClusterPolicyCache(configuration(control_plane.kubeconfig))
+    await cache.start()
+    cluster_name = f"cache-test-{namespace}"
+    try:
+        await eventually(lambda: cache.synced)
+        # A ClusterAgentPolicy that matches only this test's namespace, so it affects nobody else.
+        kubectl(
+            "apply", "-f", "-",
+            input=manifest(
+                "ClusterAgentPolicy", cluster_name,
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                 "replicas": {"max": 3}},
+            ),
+        )  # fmt: skip
+        kubectl(
+            "apply", "-f", "-", input=manifest("AgentPolicy", "team", {"replicas": {"max": 2}}, namespace)
+        )
+        agent_spec = {"model": "claude-sonnet-4-20250514", "systemPrompt": "PROMPT", "limits": {
+            "maxTokensPerCall": 10, "maxConcurrentTasks": 1, "timeoutSeconds": 5}}  # fmt: skip
+        kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=manifest("AgentDeployment", "a1", agent_spec, namespace, labels={"x": "1"}),
+        )
+        kubectl("label", "namespace", namespace, "team=blue")
+
+        def has_everything() -> bool:
+            snap = cache.snapshot()
+            return (
+                any(p.metadata.name == cluster_name for p in snap.policies.cluster)
+                and any(p.metadata.namespace == namespace for p in snap.policies.namespaced)
+                and (namespace, "a1") in snap.policies.known_agents
+                and snap.namespace_labels.get(namespace, {}).get("team") == "blue"
+            )
+
+        await eventually(has_everything)
+        snap = cache.snapshot()
+        assert snap.agent_labels[(namespace, "a1")] == {"x": "1"}
+        assert "PROMPT" not in repr(snap.agent_labels)  # metadata only: prompts never cached
+
+        kubectl("label", "agdep", "a1", "x=2", "--overwrite")
+        await eventually(lambda: cache.snapshot().agent_labels.get((namespace, "a1")) == {"x": "2"})
+
+        kubectl("delete", "agdep", "a1")
+        kubectl("delete", "agentpolicy", "team")
+        kubectl("delete", "clusteragentpolicy", cluster_name)
+        await eventually(
+            lambda: (
+                (namespace, "a1") not in cache.snapshot().policies.known_agents
+                and not any(p.metadata.namespace == namespace for p in cache.snapshot().policies.namespaced)
+                and not any(p.metadata.name == cluster_name for p in cache.snapshot().policies.cluster)
+            )
+        )
+        sizes = cache.sizes()
+        assert set(sizes) == {"ClusterAgentPolicy", "AgentPolicy", "AgentDeployment", "Namespace"}
+        assert sizes["Namespace"] >= 1
+    finally:
+        kubectl("delete", "clusteragentpolicy", cluster_name, "--ignore-not-found")
+        await cache.stop()

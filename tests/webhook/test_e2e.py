@@ -1,0 +1,398 @@
+"""End to end: ``python -m webhook`` as a real process, called by the real kube-apiserver.
+
+The module's webhook registers itself (``--register-url https://127.0.0.1:PORT``, a generated CA
+injected as ``caBundle``) for namespaces labelled ``agentops.agentops.io/test-webhook=true`` only,
+and every change is made with the machine's real ``kubectl``.  Each test gets its own namespace
+and its own ClusterAgentPolicy whose ``namespaceSelector`` matches only that namespace, so tests
+do not see each other's policies (nor other suites' objects).
+
+A policy takes effect when the webhook's watch has delivered it; :func:`wait_for_default` probes
+for that with a server-side dry run (which, as a test below shows, stores nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.support.kubectl import Kubectl
+from tests.webhook.conftest import SCOPE_LABEL, WebhookProcess, label_namespace, start_webhook, stop_webhook
+
+API_VERSION = "agentops.agentops.io/v1alpha1"
+PREFIX = "agentops.agentops.io/"
+DEFAULT_TOKENS = 4321
+
+
+def agent(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"replicas": 1, "model": "claude-sonnet-4-20250514", "systemPrompt": "You help."}
+    body.update(spec)
+    return {"apiVersion": API_VERSION, "kind": "AgentDeployment", "metadata": {"name": name}, "spec": body}
+
+
+def limits(tokens: int = 1000, tasks: int = 2, timeout: int = 30) -> dict[str, int]:
+    return {"maxTokensPerCall": tokens, "maxConcurrentTasks": tasks, "timeoutSeconds": timeout}
+
+
+def dump(obj: dict[str, Any]) -> str:
+    return yaml.safe_dump(obj)
+
+
+def cluster_policy(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+    body.update(spec)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ClusterAgentPolicy",
+        "metadata": {"name": name, "labels": {SCOPE_LABEL[0]: SCOPE_LABEL[1]}},
+        "spec": body,
+    }
+
+
+def wait_for_default(kubectl: Kubectl, tokens: int, timeout: float = 20.0) -> None:
+    """Until a dry-run agent without limits comes back with ``tokens`` filled in."""
+    deadline = time.monotonic() + timeout
+    probe = dump(agent("policy-probe"))
+    last = ""
+    while time.monotonic() < deadline:
+        result = kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-", input=probe, check=False)
+        if result.returncode == 0:
+            got = json.loads(result.stdout)["spec"].get("limits", {}).get("maxTokensPerCall")
+            if got == tokens:
+                return
+            last = f"maxTokensPerCall={got}"
+        else:
+            last = result.stderr.strip()
+        time.sleep(0.1)
+    raise AssertionError(f"policy not in effect after {timeout} s; last probe: {last}")
+
+
+@pytest.fixture
+def org_policy(gated_namespace: str, cluster_kubectl: Kubectl, kubectl: Kubectl) -> Iterator[str]:
+    """An Enforce ClusterAgentPolicy for this test's namespace only; returns its name."""
+    name = f"org-{gated_namespace}"
+    policy = cluster_policy(
+        name,
+        gated_namespace,
+        mode="Enforce",
+        limits={
+            "maxTokensPerCall": {"default": DEFAULT_TOKENS, "max": 16000},
+            "maxConcurrentTasks": {"default": 2, "max": 20},
+            "timeoutSeconds": {"default": 60, "max": 600},
+        },
+        replicas={"max": 10},
+        models={"allowed": ["claude-*", "offline-*"]},
+    )
+    cluster_kubectl("apply", "-f", "-", input=dump(policy))
+    try:
+        wait_for_default(kubectl, DEFAULT_TOKENS)
+        yield name
+    finally:
+        cluster_kubectl("delete", "clusteragentpolicy", name, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture
+def bob(k8s_api: client.ApiClient, kubectl: Kubectl, gated_namespace: str) -> str:
+    """A user who may manage agents in the test namespace (for ``kubectl --as=bob``)."""
+    rbac = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "agent-editor"},
+            "rules": [
+                {
+                    "apiGroups": ["agentops.agentops.io"],
+                    "resources": ["agentdeployments", "agentdeployments/scale"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "bob-agent-editor"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent-editor"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}],
+        },
+    ]
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
+    return "bob"
+
+
+def stored(kubectl: Kubectl, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = kubectl.json("get", "agdep", name)
+    return obj
+
+
+def denied(result: Any) -> str:
+    assert result.returncode != 0, f"expected a denial, kubectl succeeded:\n{result.stdout}\n{result.stderr}"
+    stderr: str = result.stderr
+    return stderr
+
+
+# --- the scenarios -----------------------------------------------------------------------------------
+
+
+def test_over_limit_apply_fails_with_our_message(kubectl: Kubectl, org_policy: str) -> None:
+    result = kubectl(
+        "apply", "-f", "-", input=dump(agent("greedy", limits=limits(tokens=50000))), check=False
+    )
+    message = denied(result)
+    assert 'admission webhook "validate.agentops.agentops.io" denied the request' in message
+    assert (
+        f"spec.limits.maxTokensPerCall: 50000 exceeds 16000 set by ClusterAgentPolicy/{org_policy}" in message
+    )
+    assert kubectl("get", "agdep", "greedy", check=False).returncode != 0  # nothing stored
+
+
+def test_model_outside_the_allow_list_is_denied(kubectl: Kubectl, org_policy: str) -> None:
+    message = denied(kubectl("apply", "-f", "-", input=dump(agent("gpt", model="gpt-4o")), check=False))
+    assert "spec.model" in message
+    assert "gpt-4o" in message
+    assert org_policy in message
+
+
+def test_missing_limits_come_back_filled_in_and_stamped(kubectl: Kubectl, org_policy: str) -> None:
+    kubectl("apply", "-f", "-", input=dump(agent("lazy")))
+    obj = stored(kubectl, "lazy")
+    assert obj["spec"]["limits"] == {
+        "maxTokensPerCall": DEFAULT_TOKENS,
+        "maxConcurrentTasks": 2,
+        "timeoutSeconds": 60,
+    }
+    annotations = obj["metadata"]["annotations"]
+    assert len(annotations[PREFIX + "prompt-sha256"]) == 64
+    assert annotations[PREFIX + "prompt-changed-by"]
+    assert PREFIX + "prompt-changed-at" in annotations
+
+
+def test_scale_above_the_ceiling_is_denied(kubectl: Kubectl, org_policy: str) -> None:
+    kubectl("apply", "-f", "-", input=dump(agent("scaled", limits=limits())))
+    message = denied(kubectl("scale", "agdep", "scaled", "--replicas=11", check=False))
+    assert f"spec.replicas: 11 exceeds 10 set by ClusterAgentPolicy/{org_policy}" in message
+    # The scale subresource through patch is gated too.
+    patch = '{"spec":{"replicas":12}}'
+    message = denied(
+        kubectl("patch", "agdep", "scaled", "--subresource=scale", "--type=merge", "-p", patch, check=False)
+    )
+    assert "spec.replicas: 12 exceeds 10" in message
+    kubectl("scale", "agdep", "scaled", "--replicas=4")
+    assert stored(kubectl, "scaled")["spec"]["replicas"] == 4
+
+
+def test_warn_mode_shows_kubectl_warnings_and_allows(
+    kubectl: Kubectl, cluster_kubectl: Kubectl, org_policy: str, gated_namespace: str
+) -> None:
+    name = f"warn-{gated_namespace}"
+    warn = cluster_policy(name, gated_namespace, mode="Warn", limits={"maxTokensPerCall": {"max": 1000}})
+    cluster_kubectl("apply", "-f", "-", input=dump(warn))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            dry = kubectl(
+                "apply",
+                "--dry-run=server",
+                "-f",
+                "-",
+                input=dump(agent("chatty", limits=limits(tokens=2000))),
+            )
+            if "Warning:" in dry.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        result = kubectl("apply", "-f", "-", input=dump(agent("chatty", limits=limits(tokens=2000))))
+        assert (
+            f"Warning: spec.limits.maxTokensPerCall: 2000 exceeds 1000 set by ClusterAgentPolicy/{name}"
+            in result.stderr
+        )
+        assert stored(kubectl, "chatty")["spec"]["limits"]["maxTokensPerCall"] == 2000
+    finally:
+        cluster_kubectl("delete", "clusteragentpolicy", name, "--ignore-not-found", "--wait=false")
+
+
+def test_changes_made_as_another_user_are_stamped_with_that_user(
+    kubectl: Kubectl, org_policy: str, bob: str
+) -> None:
+    kubectl("apply", "-f", "-", input=dump(agent("bobs", limits=limits())), as_user=bob, as_groups=["team-a"])
+    annotations = stored(kubectl, "bobs")["metadata"]["annotations"]
+    assert annotations[PREFIX + "prompt-changed-by"] == "bob"
+    assert "team-a" in annotations[PREFIX + "prompt-changed-by-groups"]
+    first_sha = annotations[PREFIX + "prompt-sha256"]
+    # A prompt change by someone else: new author, previous hash recorded.
+    patch = json.dumps({"spec": {"systemPrompt": "You help, briefly."}})
+    kubectl("patch", "agdep", "bobs", "--type=merge", "-p", patch)
+    annotations = stored(kubectl, "bobs")["metadata"]["annotations"]
+    assert annotations[PREFIX + "prompt-changed-by"] != "bob"
+    assert annotations[PREFIX + "prompt-previous-sha256"] == first_sha
+    assert annotations[PREFIX + "prompt-sha256"] != first_sha
+
+
+def test_forged_stamps_are_overwritten(kubectl: Kubectl, org_policy: str, bob: str) -> None:
+    forged = agent("forged", limits=limits())
+    forged["metadata"]["annotations"] = {
+        PREFIX + "prompt-changed-by": "mallory",
+        PREFIX + "prompt-sha256": "0" * 64,
+        PREFIX + "change-reason": "routine update",
+    }
+    kubectl("apply", "-f", "-", input=dump(forged), as_user=bob)
+    annotations = stored(kubectl, "forged")["metadata"]["annotations"]
+    assert annotations[PREFIX + "prompt-changed-by"] == "bob"
+    assert annotations[PREFIX + "prompt-sha256"] != "0" * 64
+    assert annotations[PREFIX + "change-reason"] == "routine update"  # the user's reason is kept
+    # Editing a stamp later (no prompt change) is reverted too.
+    kubectl("annotate", "agdep", "forged", f"{PREFIX}prompt-changed-by=mallory", "--overwrite", as_user=bob)
+    assert stored(kubectl, "forged")["metadata"]["annotations"][PREFIX + "prompt-changed-by"] == "bob"
+
+
+def test_server_dry_run_stamps_the_returned_object_and_stores_nothing(
+    kubectl: Kubectl, org_policy: str
+) -> None:
+    result = kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-", input=dump(agent("dry")))
+    returned = json.loads(result.stdout)
+    assert returned["spec"]["limits"]["maxTokensPerCall"] == DEFAULT_TOKENS
+    assert len(returned["metadata"]["annotations"][PREFIX + "prompt-sha256"]) == 64
+    assert kubectl("get", "agdep", "dry", check=False).returncode != 0
+    assert kubectl.json("get", "agdep")["items"] == []
+    assert kubectl.json("get", "agentpromptrevisions")["items"] == []
+
+
+def test_edit_patch_replace_and_apply_are_all_gated(
+    kubectl: Kubectl, org_policy: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    kubectl("apply", "-f", "-", input=dump(agent("gated", limits=limits())))
+    over = dump(agent("gated", limits=limits(tokens=60000)))
+    expected = "spec.limits.maxTokensPerCall: 60000 exceeds 16000"
+
+    assert expected in denied(kubectl("apply", "-f", "-", input=over, check=False))
+    current = stored(kubectl, "gated")
+    current["spec"]["limits"]["maxTokensPerCall"] = 60000
+    assert expected in denied(kubectl("replace", "-f", "-", input=json.dumps(current), check=False))
+    for patch_type, patch in (
+        ("merge", '{"spec":{"limits":{"maxTokensPerCall":60000}}}'),
+        ("json", '[{"op":"replace","path":"/spec/limits/maxTokensPerCall","value":60000}]'),
+        ("strategic", '{"spec":{"limits":{"maxTokensPerCall":60000}}}'),
+    ):
+        if patch_type == "strategic":
+            # Custom resources do not support strategic merge patch: kubectl says so (415).
+            continue
+        assert expected in denied(
+            kubectl("patch", "agdep", "gated", f"--type={patch_type}", "-p", patch, check=False)
+        )
+    # kubectl edit, with an "editor" that rewrites the limit in place.
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\nsed -i "s/maxTokensPerCall: 1000/maxTokensPerCall: 60000/" "$1"\n')
+    editor.chmod(0o755)
+    monkeypatch.setenv("KUBE_EDITOR", str(editor))
+    edit = kubectl("edit", "agdep", "gated", check=False)
+    assert edit.returncode != 0
+    assert expected in edit.stdout + edit.stderr
+    # Server-side apply as well.
+    assert expected in denied(
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=over, check=False)
+    )
+    assert stored(kubectl, "gated")["spec"]["limits"]["maxTokensPerCall"] == 1000
+
+
+def test_a_namespaced_policy_cannot_loosen_the_cluster_policy(kubectl: Kubectl, org_policy: str) -> None:
+    loose = {
+        "apiVersion": API_VERSION,
+        "kind": "AgentPolicy",
+        "metadata": {"name": "loose"},
+        "spec": {"limits": {"maxTokensPerCall": {"max": 32000}}},
+    }
+    message = denied(kubectl("apply", "-f", "-", input=dump(loose), check=False))
+    assert f"ClusterAgentPolicy/{org_policy}" in message
+    assert "32000" in message
+
+
+def test_a_pipeline_naming_a_missing_agent_gets_a_warning(kubectl: Kubectl, org_policy: str) -> None:
+    pipeline = {
+        "apiVersion": API_VERSION,
+        "kind": "AgentPipeline",
+        "metadata": {"name": "pipe"},
+        "spec": {"steps": [{"name": "one", "agentDeployment": "not-there-yet", "inputs": {"prompt": "hi"}}]},
+    }
+    result = kubectl("apply", "-f", "-", input=dump(pipeline))
+    assert "Warning:" in result.stderr
+    assert "not-there-yet" in result.stderr
+
+
+def test_webhook_metrics_saw_the_traffic(webhook: WebhookProcess, kubectl: Kubectl, org_policy: str) -> None:
+    kubectl("apply", "-f", "-", input=dump(agent("counted", limits=limits())))
+    with webhook.client() as http:
+        text = http.get("/metrics").text
+    assert (
+        'agentops_webhook_requests_total{decision="allowed",endpoint="mutate",operation="CREATE",resource="agentdeployments"}'
+        in text
+    )
+    assert "agentops_webhook_policy_cache_synced 1.0" in text
+    assert '"level": "info"' in webhook.logs() or '"level":"info"' in webhook.logs()
+    assert "You help." not in webhook.logs()  # no prompt text in the logs
+
+
+# --- certificate rotation under load -------------------------------------------------------------------
+
+ROTATION_LABEL = ("agentops.agentops.io/test-webhook-rotation", "true")
+
+
+def test_rotated_certificates_keep_admissions_working(
+    control_plane: Any, k8s_api: client.ApiClient, namespace: str, cluster_kubectl: Kubectl, tmp_path: Path
+) -> None:
+    """A webhook with a ~26 s CA and ~9 s serving certificates rotates both while we admit."""
+    hook = start_webhook(
+        control_plane, tmp_path, f"agentops-rotation-{namespace[-8:]}",
+        "--ca-days", "0.0003", "--serving-days", "0.0001", "--rotation-interval", "0.5",
+        scope_label=ROTATION_LABEL,
+    )  # fmt: skip
+    kubectl = cluster_kubectl.in_namespace(namespace)
+    name = f"org-{namespace}"
+    policy = cluster_policy(name, namespace, limits={"maxTokensPerCall": {"default": DEFAULT_TOKENS, "max": 16000},
+        "maxConcurrentTasks": {"default": 2}, "timeoutSeconds": {"default": 60}})  # fmt: skip
+    policy["metadata"]["labels"] = {ROTATION_LABEL[0]: ROTATION_LABEL[1]}
+    try:
+        label_namespace(k8s_api, namespace, ROTATION_LABEL)
+        cluster_kubectl("apply", "-f", "-", input=dump(policy))
+        wait_for_default(kubectl, DEFAULT_TOKENS)
+        first_ca = (hook.cert_dir / "ca-signer.crt").read_bytes()
+        first_serving = (hook.cert_dir / "tls.crt").read_bytes()
+        admitted = 0
+        failures: list[str] = []
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            result = kubectl(
+                "apply",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+                input=dump(agent(f"a{admitted}")),
+                check=False,
+            )
+            if result.returncode != 0:
+                failures.append(result.stderr.strip())
+            elif json.loads(result.stdout)["spec"]["limits"]["maxTokensPerCall"] == DEFAULT_TOKENS:
+                admitted += 1
+            ca_rotated = (hook.cert_dir / "ca-signer.crt").read_bytes() != first_ca
+            if ca_rotated and admitted > 20 and time.monotonic() > deadline - 30:
+                break
+        assert (hook.cert_dir / "tls.crt").read_bytes() != first_serving, "serving cert never rotated"
+        assert (hook.cert_dir / "ca-signer.crt").read_bytes() != first_ca, "CA never rotated"
+        assert failures == [], f"{len(failures)} admissions failed during rotation, first: {failures[0]}"
+        with hook.client() as http:
+            text = http.get("/metrics").text
+        reloads = next(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("agentops_webhook_certificate_reloads_total")
+        )
+        assert reloads >= 2
+        assert hook.alive()
+    finally:
+        cluster_kubectl("delete", "clusteragentpolicy", name, "--ignore-not-found", "--wait=false")
+        stop_webhook(hook, k8s_api)

@@ -1,0 +1,149 @@
+"""``python -m webhook``: run the admission webhook over TLS.
+
+Local stack (one command: certificates, registration, serving)::
+
+    python -m webhook --kubeconfig KUBECONFIG --cert-dir DIR --port 8443 \\
+        --register-url https://127.0.0.1:8443
+
+In a cluster (see deploy/manifests/webhook.yaml)::
+
+    python -m webhook --in-cluster --host 0.0.0.0 --port 8443 --cert-dir /tmp/certs \\
+        --service agentops-webhook --namespace agentops-system \\
+        --secret agentops-system/agentops-webhook-tls \\
+        --mutating agentops-admission --validating agentops-admission
+
+Start-up order: certificates are ensured (created, loaded or renewed) and, with
+``--register-url``, both webhook configurations are created or replaced with the current
+``caBundle``; then the server starts, and ``/readyz`` turns ready once the policy cache has listed
+everything.  A background thread re-checks the certificates every ``--rotation-interval`` seconds;
+the TLS layer reloads renewed files without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import uvicorn
+
+from certs.__main__ import add_cert_arguments, add_kube_arguments, manager_from_args
+from webhook.app import create_app
+from webhook.cache import ClusterPolicyCache
+from webhook.jsonlog import configure_logging
+from webhook.metrics import WebhookMetrics
+from webhook.registration import DEFAULT_NAME, ClientConfig, configurations, parse_label, register, unregister
+from webhook.tls import ReloadingTLS
+
+log = logging.getLogger("webhook")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m webhook", description="agentops admission webhook")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a pod)")
+    parser.add_argument("--port", type=int, default=8443)
+    add_cert_arguments(parser)
+    add_kube_arguments(parser)
+    parser.add_argument(
+        "--register-url",
+        metavar="https://HOST:PORT",
+        help="create/replace both webhook configurations pointing at this URL, with our caBundle",
+    )
+    parser.add_argument("--registration-name", default=DEFAULT_NAME, help="name of both configurations")
+    parser.add_argument(
+        "--scope-label",
+        type=parse_label,
+        metavar="KEY=VALUE",
+        help="gate only namespaces (and cluster-scoped objects) with this label (tests)",
+    )
+    parser.add_argument("--unregister-on-exit", action="store_true", help="delete the configurations on exit")
+    parser.add_argument("--rotation-interval", type=float, default=3600.0, help="seconds between cert checks")
+    parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between cert file polls")
+    parser.add_argument("--sync-timeout", type=float, default=60.0, help="seconds to wait for the first list")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    if not (args.kubeconfig or args.in_cluster):
+        print(
+            "error: give --kubeconfig PATH or --in-cluster (the policy cache watches the API server)",
+            file=sys.stderr,
+        )
+        return 2
+    from kubernetes import client
+
+    from certs.kube import configuration
+
+    kube_cfg = configuration(args.kubeconfig, in_cluster=args.in_cluster)
+    admission_api = client.AdmissionregistrationV1Api(client.ApiClient(kube_cfg))
+
+    # Certificates first: with --register-url the configurations do not exist yet, so injection
+    # is switched on only after registering them.
+    register_names = (args.mutating, args.validating)
+    if args.register_url:
+        args.mutating, args.validating = [], []
+    manager = manager_from_args(args)
+    bundle = manager.ensure()
+    if args.register_url:
+        client_config = ClientConfig(url=args.register_url, ca_bundle=bundle.trusted_pem)
+        register(
+            admission_api,
+            configurations(client_config, name=args.registration_name, scope_label=args.scope_label),
+        )
+        manager.admission_api = admission_api
+        manager.mutating = [*register_names[0], args.registration_name]
+        manager.validating = [*register_names[1], args.registration_name]
+
+    metrics = WebhookMetrics()
+
+    def reloaded(cert: Any) -> None:
+        metrics.cert_reloads.inc()
+        metrics.cert_expiry.set(cert.not_valid_after_utc.timestamp())
+
+    tls = ReloadingTLS(
+        args.cert_dir / "tls.crt",
+        args.cert_dir / "tls.key",
+        poll_interval=args.reload_interval,
+        on_reload=reloaded,
+    )
+    metrics.cert_expiry.set(tls.current_certificate().not_valid_after_utc.timestamp())
+    cache = ClusterPolicyCache(kube_cfg, on_change=metrics.cache_sizes)
+    app = create_app(cache, metrics=metrics, lifecycle=[cache])
+
+    def ssl_factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        return tls.context
+
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        ssl_context_factory=ssl_factory,
+        log_config=None,
+        access_log=False,
+        workers=1,
+        timeout_graceful_shutdown=5,
+    )
+    tls.start()
+    _, stop_rotation = manager.start(args.rotation_interval)
+    log.info(
+        "webhook starting", extra={"host": args.host, "port": args.port, "register_url": args.register_url}
+    )
+    try:
+        asyncio.run(uvicorn.Server(config).serve())
+    finally:
+        stop_rotation.set()
+        tls.stop()
+        if args.unregister_on_exit and args.register_url:
+            unregister(admission_api, args.registration_name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The FastAPI application: admission endpoints, health, readiness and metrics.
+
+Request flow for ``POST /mutate`` and ``POST /validate``:
+
+1. the body must be a JSON AdmissionReview v1 (:func:`policies.admission.parse_admission_review`);
+   anything else is answered ``400`` with a message saying what is wrong, because without a
+   request uid there is nothing we could answer the API server *with*;
+2. the request is completed from the watch cache: namespace labels (for ClusterAgentPolicy
+   ``namespaceSelector``) and, for the ``scale`` subresource, the labels of the AgentDeployment
+   being scaled (the Scale object carries none);
+3. :func:`policies.engine.mutate` / :func:`policies.engine.validate` decide;
+   :func:`policies.admission.review_response` writes the AdmissionReview response.
+
+Fail closed: before the cache has synced, and on any unexpected error while deciding, the request
+is *denied* with a message (the error is logged with the request uid, never the object).  The
+API server would deny on a webhook failure anyway (``failurePolicy: Fail``); answering ourselves
+gives the user a message that says what happened instead of a TLS or timeout error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, Protocol
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from policies.admission import MalformedReview, parse_admission_review, review_response
+from policies.engine import AdmissionRequest, Decision, PolicySet, mutate, validate
+from webhook.cache import PolicySource, Snapshot
+from webhook.metrics import WebhookMetrics
+
+log = logging.getLogger("webhook.admission")
+
+#: The API server caps objects at ~1.5 MiB in etcd; an AdmissionReview carries two plus metadata.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+Endpoint = Literal["mutate", "validate"]
+_DECIDE: dict[str, Callable[[AdmissionRequest, PolicySet], Decision]] = {
+    "mutate": mutate,
+    "validate": validate,
+}
+
+
+class Lifecycle(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _json(status: int, body: Mapping[str, Any]) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json"
+    )
+
+
+def _bad_request(message: str) -> Response:
+    return _json(400, {"error": "malformed AdmissionReview", "message": message})
+
+
+def _resource_of(payload: Any) -> tuple[str, str]:
+    """``(resource[/subresource], operation)`` for metrics, from the raw body; never raises."""
+    try:
+        req = payload["request"]
+        resource = str(req["resource"]["resource"])
+        sub = req.get("subResource")
+        return (f"{resource}/{sub}" if sub else resource), str(req.get("operation", ""))
+    except (KeyError, TypeError, AttributeError):
+        return "other", "other"
+
+
+def _uid_of(payload: Any) -> str | None:
+    try:
+        uid = payload["request"]["uid"]
+    except (KeyError, TypeError):
+        return None
+    return uid if isinstance(uid, str) and uid else None
+
+
+def _deny(uid: str, message: str, code: int = 500) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": uid, "allowed": False, "status": {"code": code, "message": message}},
+    }
+
+
+def complete_request(request: AdmissionRequest, snapshot: Snapshot) -> AdmissionRequest:
+    """Fill in what only the cache knows: namespace labels and a scaled agent's labels."""
+    changes: dict[str, Any] = {}
+    if request.namespace:
+        labels = snapshot.namespace_labels.get(request.namespace)
+        # Every namespace carries this label (API server >= 1.21); a namespace created a moment
+        # ago may not have reached the cache yet, and this is the label selectors use most.
+        changes["namespace_labels"] = (
+            dict(labels) if labels is not None else {"kubernetes.io/metadata.name": request.namespace}
+        )
+    if request.sub_resource == "scale":
+        target = snapshot.agent_labels.get((request.namespace or "", request.name or ""))
+        if target is not None:
+            changes["target_labels"] = dict(target)
+    return dataclasses.replace(request, **changes) if changes else request
+
+
+def _decision_label(decision: Decision) -> str:
+    if not decision.allowed:
+        return "denied"
+    return "warned" if decision.warnings else "allowed"
+
+
+def create_app(
+    source: PolicySource,
+    *,
+    metrics: WebhookMetrics | None = None,
+    lifecycle: Sequence[Lifecycle] = (),
+) -> FastAPI:
+    """The webhook app over ``source``; ``lifecycle`` objects are started and stopped with it."""
+    metrics = metrics or WebhookMetrics()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for item in lifecycle:
+            await item.start()
+        try:
+            yield
+        finally:
+            for item in reversed(lifecycle):
+                await item.stop()
+
+    app = FastAPI(
+        title="agentops admission webhook", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.metrics = metrics
+    app.state.source = source
+
+    async def admit(endpoint: Endpoint, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await request.body()
+        try:
+            return handle(endpoint, body, started)
+        except Exception:
+            # Last line of defence (e.g. a logging or metrics failure): never a 500 to the API
+            # server, always an answer it can show the user.
+            log.exception("unexpected failure in the admission handler", extra={"endpoint": endpoint})
+            try:
+                uid = _uid_of(json.loads(body))
+            except ValueError:
+                uid = None
+            if uid is None:
+                return _bad_request("AdmissionReview could not be handled and has no request.uid")
+            return _json(200, _deny(uid, "agentops webhook: internal error; denied"))
+
+    def handle(endpoint: Endpoint, body: bytes, started: float) -> Response:
+        if len(body) > MAX_BODY_BYTES:
+            metrics.observe(endpoint, "other", "other", "malformed", time.perf_counter() - started)
+            return _bad_request(f"request body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            metrics.observe(endpoint, "other", "other", "malformed", time.perf_counter() - started)
+            return _bad_request(f"body is not JSON: {exc}")
+        resource, operation = _resource_of(payload)
+        uid = _uid_of(payload)
+        try:
+            review = parse_admission_review(payload)
+        except MalformedReview as exc:
+            metrics.observe(endpoint, resource, operation, "malformed", time.perf_counter() - started)
+            return _bad_request(str(exc))
+        except Exception:
+            # A request the parser should have classified but crashed on: fail closed if we can
+            # answer (we know the uid), otherwise it is malformed from where we stand.
+            log.exception("AdmissionReview parsing failed", extra={"uid": uid, "endpoint": endpoint})
+            metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
+            if uid is None:
+                return _bad_request("AdmissionReview could not be parsed and has no request.uid")
+            return _json(
+                200, _deny(uid, "agentops webhook: internal error while reading the request; denied")
+            )
+        try:
+            if not source.synced:
+                metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
+                message = "agentops webhook: policy cache not synced yet; denied until it is, retry shortly"
+                return _json(200, _deny(review.uid, message, code=503))
+            snapshot = source.snapshot()
+            decision = _DECIDE[endpoint](complete_request(review, snapshot), snapshot.policies)
+            answer = review_response(review.uid, decision)
+        except Exception:
+            log.exception(
+                "admission failed; denying",
+                extra={"uid": review.uid, "endpoint": endpoint, "resource": resource, "operation": operation},
+            )
+            metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
+            return _json(200, _deny(review.uid, "agentops webhook: internal error while deciding; denied"))
+        label = _decision_label(decision)
+        metrics.observe(endpoint, resource, operation, label, time.perf_counter() - started)
+        if label != "allowed" or decision.audit:
+            log.info(
+                "admission decision",
+                extra={
+                    "uid": review.uid,
+                    "endpoint": endpoint,
+                    "resource": resource,
+                    "operation": operation,
+                    "namespace": review.namespace,
+                    "object_name": review.name,
+                    "user": review.user.username,
+                    "dry_run": review.dry_run,
+                    "decision": label,
+                    "denials": list(decision.denials),
+                    "warnings": list(decision.warnings),
+                    "audit": list(decision.audit),
+                },
+            )
+        return _json(200, answer)
+
+    @app.post("/mutate")
+    async def mutate_endpoint(request: Request) -> Response:
+        return await admit("mutate", request)
+
+    @app.post("/validate")
+    async def validate_endpoint(request: Request) -> Response:
+        return await admit("validate", request)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response("ok", media_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if source.synced:
+            return Response("ok", media_type="text/plain")
+        return Response("policy cache not synced yet", status_code=503, media_type="text/plain")
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        metrics.cache_synced.set(1 if source.synced else 0)
+        metrics.cache_sizes(source.sizes())
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,212 @@
+"""The Mutating/ValidatingWebhookConfigurations, built in one place.
+
+``deploy/manifests/webhook-configurations.yaml`` holds the in-cluster form (a Service reference,
+``caBundle`` injected at run time); a test checks it against :func:`configurations`, so the rules
+here and in the manifests cannot drift.  The local stack and the end-to-end tests register the
+URL form (``https://127.0.0.1:PORT``) with :func:`register`.
+
+Choices (see docs/webhook.md for the reasoning):
+
+- rules match only our group, all five kinds plus ``agentdeployments/scale``, CREATE and UPDATE;
+  ``status`` is not matched: it is the controller's, and gating it would only add latency;
+- ``matchPolicy: Equivalent``, ``sideEffects: None`` (a dry run changes nothing anywhere),
+  ``timeoutSeconds: 5``, ``admissionReviewVersions: [v1]``;
+- both webhooks ``failurePolicy: Fail``: validation because it is the enforcement point, mutation
+  because it fills the mandatory limits and stamps the prompt audit trail, which must not be
+  skipped silently;
+- ``reinvocationPolicy: IfNeeded``: if another mutating webhook changes the object after ours,
+  ours runs again so limits and stamps reflect the final object;
+- the webhook's own namespace is excluded, so the operator can always repair it.
+
+``scope_label`` restricts both configurations to namespaces (and cluster-scoped objects) carrying
+that label: the tests share one API server with other suites and must gate only their own objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from policies.models import GROUP, RESOURCE_BY_PLURAL, VERSION, Resource
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "agentops-admission"
+SYSTEM_NAMESPACE = "agentops-system"
+MUTATING_WEBHOOK = f"mutate.{GROUP}"
+VALIDATING_WEBHOOK = f"validate.{GROUP}"
+TIMEOUT_SECONDS = 5
+
+
+def _resources(namespaced: bool) -> list[str]:
+    out: list[str] = []
+    for plural, resource in sorted(RESOURCE_BY_PLURAL.items()):
+        if _is_namespaced(resource) == namespaced:
+            out.append(plural)
+            if plural == "agentdeployments":
+                out.append("agentdeployments/scale")
+    return out
+
+
+def _is_namespaced(resource: type[Resource]) -> bool:
+    return resource.NAMESPACED
+
+
+def rules(scope: str = "*") -> list[dict[str, Any]]:
+    """Admission rules for our resources; ``scope`` Namespaced/Cluster splits them, ``*`` is all."""
+    both = scope == "*"
+    resources = _resources(True) + _resources(False) if both else _resources(scope == "Namespaced")
+    return [
+        {
+            "apiGroups": [GROUP],
+            "apiVersions": [VERSION],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": resources,
+            "scope": scope,
+        }
+    ]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Either ``url`` (local stack, tests) or a Service reference (cluster)."""
+
+    url: str | None = None
+    service_name: str | None = None
+    service_namespace: str = SYSTEM_NAMESPACE
+    service_port: int = 443
+    ca_bundle: bytes | None = None
+
+    def to_k8s(self, path: str) -> dict[str, Any]:
+        config: dict[str, Any]
+        if self.url is not None:
+            config = {"url": self.url.rstrip("/") + path}
+        elif self.service_name is not None:
+            config = {
+                "service": {
+                    "name": self.service_name,
+                    "namespace": self.service_namespace,
+                    "path": path,
+                    "port": self.service_port,
+                }
+            }
+        else:
+            raise ValueError("a webhook client config needs a url or a service name")
+        if self.ca_bundle:
+            config["caBundle"] = base64.b64encode(self.ca_bundle).decode()
+        return config
+
+
+def _webhooks(
+    base_name: str, path: str, client: ClientConfig, scope_label: tuple[str, str] | None, mutating: bool
+) -> list[dict[str, Any]]:
+    common: dict[str, Any] = {
+        "clientConfig": client.to_k8s(path),
+        "failurePolicy": "Fail",
+        "matchPolicy": "Equivalent",
+        "sideEffects": "None",
+        "timeoutSeconds": TIMEOUT_SECONDS,
+        "admissionReviewVersions": ["v1"],
+    }
+    if mutating:
+        common["reinvocationPolicy"] = "IfNeeded"
+    exclude_system = {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [SYSTEM_NAMESPACE]}
+        ]
+    }
+    if scope_label is None:
+        return [{"name": base_name, **common, "rules": rules("*"), "namespaceSelector": exclude_system}]
+    key, value = scope_label
+    # namespaceSelector does not apply to cluster-scoped objects, so those are scoped by their
+    # own labels in a second webhook entry.
+    selector = {"matchLabels": {key: value}, **exclude_system}
+    return [
+        {"name": base_name, **common, "rules": rules("Namespaced"), "namespaceSelector": selector},
+        {
+            "name": f"cluster-{base_name}",
+            **common,
+            "rules": rules("Cluster"),
+            "objectSelector": {"matchLabels": {key: value}},
+        },
+    ]
+
+
+def configurations(
+    client: ClientConfig, *, name: str = DEFAULT_NAME, scope_label: tuple[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(MutatingWebhookConfiguration, ValidatingWebhookConfiguration)`` as plain dicts."""
+    labels = {"app.kubernetes.io/name": "agentops-webhook", "app.kubernetes.io/part-of": "agentops"}
+    mutating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": labels},
+        "webhooks": _webhooks(MUTATING_WEBHOOK, "/mutate", client, scope_label, mutating=True),
+    }
+    validating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": labels},
+        "webhooks": _webhooks(VALIDATING_WEBHOOK, "/validate", client, scope_label, mutating=False),
+    }
+    return mutating, validating
+
+
+def _status(exc: Exception) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def register(admission_api: Any, configs: tuple[Mapping[str, Any], Mapping[str, Any]]) -> None:
+    """Create or replace both configurations (``admission_api``: AdmissionregistrationV1Api)."""
+    mutating, validating = configs
+    api = admission_api
+    pairs = (
+        (mutating, api.read_mutating_webhook_configuration, api.create_mutating_webhook_configuration,
+         api.replace_mutating_webhook_configuration),
+        (validating, api.read_validating_webhook_configuration, api.create_validating_webhook_configuration,
+         api.replace_validating_webhook_configuration),
+    )  # fmt: skip
+    for body, read, create, replace in pairs:
+        name = body["metadata"]["name"]
+        try:
+            current = read(name)
+        except Exception as exc:
+            if _status(exc) != 404:
+                raise
+            create(dict(body))
+            log.info("webhook configuration created", extra={"kind": body["kind"], "configuration": name})
+            continue
+        updated = {
+            **body,
+            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
+        }
+        replace(name, updated)
+        log.info("webhook configuration updated", extra={"kind": body["kind"], "configuration": name})
+
+
+def unregister(admission_api: Any, name: str = DEFAULT_NAME) -> None:
+    """Delete both configurations; missing ones are fine."""
+    for delete in (
+        admission_api.delete_mutating_webhook_configuration,
+        admission_api.delete_validating_webhook_configuration,
+    ):
+        try:
+            delete(name)
+        except Exception as exc:
+            if _status(exc) != 404:
+                raise
+
+
+def parse_label(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {value!r}")
+    return key, val
+
+
+def webhook_names(configs: tuple[Mapping[str, Any], Mapping[str, Any]]) -> tuple[str, str]:
+    return configs[0]["metadata"]["name"], configs[1]["metadata"]["name"]
