@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -92,25 +93,33 @@ def request() -> AdmissionRequest:
     )
 
 
-def measure(fn: Callable[[], object], iterations: int) -> list[float]:
+def measure(fn: Callable[[], object], iterations: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and thread-CPU milliseconds per call.  CPU time excludes preemption by other
+    processes, so on a shared machine it shows the engine's own cost; wall time is what a
+    client sees."""
     for _ in range(min(200, iterations)):
         fn()
-    samples: list[float] = []
-    clock = time.perf_counter_ns
+    wall: list[float] = []
+    cpu: list[float] = []
+    wall_clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
     gc.collect()
     for _ in range(iterations):
-        start = clock()
+        start_wall, start_cpu = wall_clock(), cpu_clock()
         fn()
-        samples.append((clock() - start) / 1e6)
-    return samples
+        cpu.append((cpu_clock() - start_cpu) / 1e6)
+        wall.append((wall_clock() - start_wall) / 1e6)
+    return wall, cpu
 
 
 def pct(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=1000, method="inclusive")[int(q * 10) - 1]
 
 
-def run(iterations: int) -> dict[tuple[str, int], dict[str, float]]:
-    results: dict[tuple[str, int], dict[str, float]] = {}
+Results = dict[tuple[str, str, int], dict[str, float]]
+
+
+def run(iterations: int) -> Results:
+    results: Results = {}
     req = request()
     for count in (1, 100):
         policies = make_policies(count)
@@ -121,25 +130,31 @@ def run(iterations: int) -> dict[tuple[str, int], dict[str, float]]:
         check = validate(validated_req, policies)
         assert check.allowed, check.denials
 
+        def warm_mutate(p: PolicySet = policies) -> None:
+            mutate(req, p)
+
+        def warm_validate(p: PolicySet = policies, v: AdmissionRequest = validated_req) -> None:
+            validate(v, p)
+
         def warm_both(p: PolicySet = policies, v: AdmissionRequest = validated_req) -> None:
             mutate(req, p)
             validate(v, p)
 
-        def cold_both(n: int = count, v: AdmissionRequest = validated_req) -> None:
-            fresh = PolicySet(cluster=policies.cluster, namespaced=policies.namespaced)
+        def cold_both(p: PolicySet = policies, v: AdmissionRequest = validated_req) -> None:
+            fresh = PolicySet(cluster=p.cluster, namespaced=p.namespaced)
             mutate(req, fresh)
             validate(v, fresh)
 
-        phases: dict[str, Callable[[], object]] = {
-            "mutate": lambda p=policies: mutate(req, p),
-            "validate": lambda p=policies, v=validated_req: validate(v, p),
-            "mutate+validate": warm_both,
-        }
-        for phase, fn in phases.items():
-            samples = measure(fn, iterations)
-            results[(f"warm {phase}", count)] = {"p50": pct(samples, 50), "p99": pct(samples, 99)}
-        samples = measure(cold_both, max(200, iterations // 10))
-        results[("cold mutate+validate", count)] = {"p50": pct(samples, 50), "p99": pct(samples, 99)}
+        phases: list[tuple[str, Callable[[], None], int]] = [
+            ("warm mutate", warm_mutate, iterations),
+            ("warm validate", warm_validate, iterations),
+            ("warm mutate+validate", warm_both, iterations),
+            ("cold mutate+validate", cold_both, max(200, iterations // 10)),
+        ]
+        for phase, fn, n in phases:
+            wall, cpu = measure(fn, n)
+            for clock, samples in (("wall", wall), ("cpu", cpu)):
+                results[(clock, phase, count)] = {"p50": pct(samples, 50), "p99": pct(samples, 99)}
     return results
 
 
@@ -148,18 +163,25 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20000)
     args = parser.parse_args()
     results = run(args.iterations)
-    print(
-        f"policy decision latency, {args.iterations} iterations (cold: {max(200, args.iterations // 10)}), ms"
-    )
-    print(f"{'phase':<22} {'p50 @1':>9} {'p99 @1':>9} {'p50 @100':>9} {'p99 @100':>9} {'p99 100/1':>10}")
-    for phase in ("warm mutate", "warm validate", "warm mutate+validate", "cold mutate+validate"):
-        one, hundred = results[(phase, 1)], results[(phase, 100)]
+    load = os.getloadavg()[0]
+    cold = max(200, args.iterations // 10)
+    print(f"policy decision latency in ms, {args.iterations} iterations (cold: {cold}), ", end="")
+    print(f"load average {load:.2f} on {os.cpu_count()} CPUs")
+    for clock in ("wall", "cpu"):
+        print(f"\n[{clock} time]")
+        print(f"{'phase':<22} {'p50 @1':>9} {'p99 @1':>9} {'p50 @100':>9} {'p99 @100':>9} {'p99 100/1':>10}")
+        for phase in ("warm mutate", "warm validate", "warm mutate+validate", "cold mutate+validate"):
+            one, hundred = results[(clock, phase, 1)], results[(clock, phase, 100)]
+            cells = (one["p50"], one["p99"], hundred["p50"], hundred["p99"])
+            ratio = hundred["p99"] / one["p99"]
+            print(f"{phase:<22} " + " ".join(f"{c:>9.4f}" for c in cells) + f" {ratio:>10.2f}")
+    for clock in ("wall", "cpu"):
+        p99 = results[(clock, "warm mutate+validate", 100)]["p99"]
+        verdict = "met" if p99 < 0.1 else "NOT met"
         print(
-            f"{phase:<22} {one['p50']:>9.4f} {one['p99']:>9.4f} {hundred['p50']:>9.4f} {hundred['p99']:>9.4f} "
-            f"{hundred['p99'] / one['p99']:>10.2f}"
+            f"target p99 < 0.1 ms, warm mutate+validate, 100 matching policies, {clock} time: "
+            f"{p99:.4f} ms ({verdict})"
         )
-    target = results[("warm mutate+validate", 100)]["p99"]
-    print(f"target p99 < 0.1 ms at 100 matching policies (warm mutate+validate): {target:.4f} ms")
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ async def _budget(
         logger.warning("cannot read budget usage of %s/%s: %s", namespace, name, exc)
         return
     status["usage"] = usage.model_dump(by_alias=True, exclude_none=True, mode="json")
-    message = budget.exceeded(usage, view.budget)
+    message = budget.exceeded(usage, view.budget, budget.smallest_call_tokens(agent.spec.system_prompt))
     if message is None:
         conditions.set("BudgetExceeded", False, "WithinBudget", "spend is within the budget")
     else:

@@ -36,14 +36,34 @@ async def read_usage(redis: Redis, namespace: str, agent: str, budget: Budget | 
     return usage
 
 
-def exceeded(usage: Usage, budget: Budget | None) -> str | None:
-    """A message when the budget is spent, else None."""
+#: The runtime reserves (system prompt bytes + prompt bytes + this overhead + max_tokens) per call
+#: (``agent_runtime.budget``): mirrored here to know when not even the smallest call fits.
+REQUEST_OVERHEAD_TOKENS = 64
+
+
+def smallest_call_tokens(system_prompt: str) -> int:
+    """The smallest reservation a call can make: a one-byte prompt asking for one token."""
+    return len(system_prompt.encode()) + 1 + REQUEST_OVERHEAD_TOKENS + 1
+
+
+def exceeded(usage: Usage, budget: Budget | None, smallest_call: int = 0) -> str | None:
+    """A message when the budget is spent - or so nearly that workers refuse even the smallest call.
+
+    The runtime never overspends: it reserves a call's upper bound first, so settled spend usually
+    stops short of the limit.  Once the remainder is below the smallest possible reservation,
+    every task is refused, and that is what "exceeded" must tell an operator.
+    """
     if budget is None:
         return None
-    if budget.tokens is not None and usage.tokens >= budget.tokens:
-        return f"spent {usage.tokens} of {budget.tokens} tokens ({budget.scope} budget, {usage.period})"
+    if budget.tokens is not None and budget.tokens - usage.tokens < max(1, smallest_call):
+        return (
+            f"spent {usage.tokens} of {budget.tokens} tokens ({budget.scope} budget, {usage.period}); "
+            f"{max(0, budget.tokens - usage.tokens)} left, below the smallest call "
+            f"({smallest_call} tokens reserved): workers refuse new tasks"
+        )
     if budget.cost_usd is not None and usage.cost_usd >= budget.cost_usd:
         return (
-            f"spent ${usage.cost_usd:.4f} of ${budget.cost_usd:.2f} ({budget.scope} budget, {usage.period})"
+            f"spent ${usage.cost_usd:.4f} of ${budget.cost_usd:.2f} "
+            f"({budget.scope} budget, {usage.period}): workers refuse new tasks"
         )
     return None

@@ -159,6 +159,8 @@ class PipelineRunner:
         self.by_name: dict[str, PipelineStep] = {s.name: s for s in self.spec.steps}
         self.outputs: dict[str, str] = {}
         self.attempt_started: dict[str, float] = {}
+        #: Submissions decided but not yet sent: (keys, args) of the submit script.
+        self._outbox: list[tuple[list[str], list[str]]] = []
         self.results_stream = pipeline_results_stream(self.namespace, self.name)
         self._last_patch: dict[str, Any] | None = None
         self._submit = self.redis.register_script(SUBMIT_LUA)
@@ -256,7 +258,7 @@ class PipelineRunner:
             step = self.by_name[name]
             if state.phase == "Running" and state.attempts <= step.retries:
                 state.message = f"attempt {state.attempts} timed out after {timeout:g}s; retrying"
-                await self._start(step, retry=True)
+                self._start(step, retry=True)
                 continue
             waited = state.message or ""
             state.phase = "Failed"
@@ -269,7 +271,9 @@ class PipelineRunner:
         dag.skip_blocked(self.spec, self.steps)
         if not (self.spec.fail_fast and any(s.phase == "Failed" for s in self.steps.values())):
             for step in dag.runnable(self.spec, self.steps):
-                await self._start(step)
+                self._start(step)
+        # Every step that became runnable goes out in one round trip: they start together.
+        await self._flush()
         dag.skip_blocked(self.spec, self.steps)
         phase = dag.pipeline_phase(self.spec, self.steps)
         if phase == "Failed":
@@ -286,7 +290,8 @@ class PipelineRunner:
         self.status.phase = phase
         await self._patch()
 
-    async def _start(self, step: PipelineStep, retry: bool = False) -> None:
+    def _start(self, step: PipelineStep, retry: bool = False) -> None:
+        """Decide a step's next attempt and queue its submission (sent by :meth:`_flush`)."""
         state = self.steps[step.name]
         try:
             prompt = dag.compose_prompt(step, self.spec.input, self.outputs)
@@ -321,14 +326,12 @@ class PipelineRunner:
         args: list[str] = [task.task_id]
         for key, value in fields.items():
             args.extend((key, value))
-        await self._submit(
-            keys=[
-                submitted_key(self.namespace, self.name),
-                task_stream(self.namespace, step.agent_deployment),
-                entries_key(self.namespace, self.name),
-            ],
-            args=args,
-        )
+        keys = [
+            submitted_key(self.namespace, self.name),
+            task_stream(self.namespace, step.agent_deployment),
+            entries_key(self.namespace, self.name),
+        ]
+        self._outbox.append((keys, args))
         state.phase = "Running"
         state.task_id = task.task_id
         state.attempts = attempt
@@ -336,6 +339,16 @@ class PipelineRunner:
         if not retry:
             state.message = None
         self.attempt_started[step.name] = time.monotonic()
+
+    async def _flush(self) -> None:
+        """Send queued submissions in one pipelined round trip; each is still its own atomic script."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in outbox:
+                await self._submit(keys=keys, args=args, client=pipe)
+            await pipe.execute()
 
     async def _apply_result(self, fields: dict[Any, Any]) -> None:
         try:
@@ -360,7 +373,7 @@ class PipelineRunner:
         problem = f"{result.status}: {result.error or 'no error message'}"
         if state.attempts <= step.retries:
             state.message = f"attempt {state.attempts} {problem}; retrying"
-            await self._start(step, retry=True)
+            self._start(step, retry=True)
             return
         state.phase = "Failed"
         state.message = f"{problem} (attempt {state.attempts} of {step.retries + 1})"

@@ -269,7 +269,7 @@ class ControlPlane:
         pki = ensure_pki(self.workdir / "pki")
         for attempt in range(1, _START_ATTEMPTS + 1):
             try:
-                self._start_once(binary, pki, timeout, crd_list)
+                self._start_once(binary, pki, timeout, crd_list, attempt)
                 return
             except _PortRace as exc:
                 self.stop()
@@ -281,7 +281,9 @@ class ControlPlane:
                 self.stop()
                 raise
 
-    def _start_once(self, binary: Path, pki: Pki, timeout: float, crds: list[dict[str, Any]]) -> None:
+    def _start_once(
+        self, binary: Path, pki: Pki, timeout: float, crds: list[dict[str, Any]], attempt: int
+    ) -> None:
         started = time.monotonic()
         deadline = started + timeout
         if self._requested_port is not None and not _process.port_is_free(self._requested_port):
@@ -289,12 +291,16 @@ class ControlPlane:
                 f"port {self._requested_port} on 127.0.0.1 is taken: stop what listens there "
                 f"(`ss -ltnp 'sport = :{self._requested_port}'` shows it) or choose another port"
             )
+        # Reuse the last run's ports while they are free: the server URL in kubeconfigs that
+        # were copied elsewhere stays valid across a restart of the local stack.
+        previous = self._read_state().get("ports", {}) if attempt == 1 else {}
         ports = {
-            "etcd-client": _process.free_port(),
-            "etcd-peer": _process.free_port(),
-            "apiserver": self._requested_port or _process.free_port(),
-            "controller-manager": _process.free_port(),
+            name: port if isinstance(port, int) and _process.port_is_free(port) else _process.free_port()
+            for name in ("etcd-client", "etcd-peer", "apiserver", "controller-manager")
+            for port in [previous.get(name)]
         }
+        if self._requested_port is not None:
+            ports["apiserver"] = self._requested_port
         self.server = f"https://127.0.0.1:{ports['apiserver']}"
         etcd_url = f"http://127.0.0.1:{ports['etcd-client']}"
         self._state_file.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ PROMPT_STAMPS: tuple[str, ...] = (
 )
 STAMP_TIME_TOLERANCE = timedelta(seconds=30)
 CLOCK_SKEW = timedelta(seconds=5)
+#: The stamp time format (what Kubernetes uses for timestamps): ``2026-01-02T03:04:05Z``.
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 

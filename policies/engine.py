@@ -419,12 +419,6 @@ def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
     return found if isinstance(found, Mapping) else {}
 
 
-def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
-    meta = obj.get("metadata") if obj else None
-    found = meta.get("labels") if isinstance(meta, Mapping) else None
-    return found if isinstance(found, Mapping) else {}
-
-
 def _parse(kind: str, obj: Mapping[str, Any] | None) -> tuple[Resource | None, list[str]]:
     """The object as its model, or the reasons it is not one (each naming the field)."""
     if obj is None:

@@ -15,8 +15,9 @@ Namespace                  labels (metadata only)              ClusterAgentPolic
 Each reflector lists, then watches from the list's ``resourceVersion`` (with bookmarks), resumes
 from the last seen version when a watch times out, and relists on ``410 Gone``.  Because every
 update happens on the event loop that also serves admissions, readers never see a half-applied
-change.  After each policy or agent change a new immutable :class:`~policies.engine.PolicySet`
-is built, so a decision in flight keeps the set it started with.
+change.  After each change a new immutable :class:`Snapshot` is built (with a new
+:class:`~policies.engine.PolicySet` when a policy changed), so a decision in flight keeps the
+snapshot it started with.
 
 ``synced`` turns true once every reflector has completed its first list; ``/readyz`` reports it.
 AgentDeployments and Namespaces are fetched as ``PartialObjectMetadata``: the API server strips
@@ -26,6 +27,7 @@ spec and status, which keeps system prompts out of this process's memory and the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import ssl
@@ -46,11 +48,29 @@ _METADATA_ONLY = "application/json;as=PartialObjectMetadata{list};g=meta.k8s.io;
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What one admission decision reads; never mutated after it is built."""
+    """What one admission decision reads; never mutated after it is built.
+
+    ``policies`` carries no ``known_agents``: a PolicySet caches effective policies per instance,
+    and agents come and go far more often than policies, so folding the agent list into it would
+    throw those caches away on every agent create.  Only pipeline validation needs the agent
+    list; :meth:`policies_for` adds it, once per snapshot.
+    """
 
     policies: PolicySet
     namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     agent_labels: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
+    _with_agents: list[PolicySet] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def policies_for(self, kind: str) -> PolicySet:
+        """The policy set to decide a request for ``kind`` with."""
+        if kind != "AgentPipeline":
+            return self.policies
+        if not self._with_agents:
+            # Benign race: two threads may both build it; either result is equivalent.
+            self._with_agents.append(
+                dataclasses.replace(self.policies, known_agents=frozenset(self.agent_labels))
+            )
+        return self._with_agents[0]
 
 
 class PolicySource(Protocol):
@@ -257,7 +277,7 @@ class ClusterPolicyCache:
             self._http, f"{base}/agentpolicies", "AgentPolicy", AgentPolicy.from_k8s, self._rebuild_policies
         )
         self._agents = Reflector(
-            self._http, f"{base}/agentdeployments", "AgentDeployment", _labels, self._rebuild_policies,
+            self._http, f"{base}/agentdeployments", "AgentDeployment", _labels, self._rebuild_agents,
             metadata_only=True,
         )  # fmt: skip
         self._namespaces = Reflector(
@@ -284,11 +304,16 @@ class ClusterPolicyCache:
 
     def _rebuild_policies(self) -> None:
         policies = PolicySet(
-            cluster=tuple(self._cluster.store.values()),
-            namespaced=tuple(self._namespaced.store.values()),
-            known_agents=frozenset(self._agents.store),
+            cluster=tuple(self._cluster.store.values()), namespaced=tuple(self._namespaced.store.values())
         )
-        self._snapshot = Snapshot(policies, self._snapshot.namespace_labels, dict(self._agents.store))
+        self._snapshot = Snapshot(policies, self._snapshot.namespace_labels, self._snapshot.agent_labels)
+        self._changed()
+
+    def _rebuild_agents(self) -> None:
+        # The PolicySet object is kept (see Snapshot): its effective-policy caches stay warm.
+        self._snapshot = Snapshot(
+            self._snapshot.policies, self._snapshot.namespace_labels, dict(self._agents.store)
+        )
         self._changed()
 
     def _rebuild_namespaces(self) -> None:

@@ -157,9 +157,8 @@ CHAIN_LENGTH = 16
 
 
 def chain_manifest(name: str, agent: str, length: int) -> str:
-    steps = [
-        '    - {name: s0, agentDeployment: %s, inputs: {prompt: "start {{ .pipeline.input.topic }}"}}' % agent
-    ]
+    first = "{{ .pipeline.input.topic }}"
+    steps = [f'    - {{name: s0, agentDeployment: {agent}, inputs: {{prompt: "start {first}"}}}}']
     for i in range(1, length):
         steps.append(
             f"    - {{name: s{i}, agentDeployment: {agent}, dependsOn: [s{i - 1}], "
@@ -232,7 +231,10 @@ metadata: {name: doomed}
 spec:
   steps:
     - {name: first, agentDeployment: broke, retries: 2, inputs: {prompt: "say something"}}
-    - {name: second, agentDeployment: broke, dependsOn: [first], inputs: {prompt: "{{ .steps.first.output }}"}}
+    - name: second
+      agentDeployment: broke
+      dependsOn: [first]
+      inputs: {prompt: "{{ .steps.first.output }}"}
 """,
     )  # fmt: skip
     obj = finished(kubectl, "doomed")
@@ -357,7 +359,7 @@ def test_budget_spent_flips_the_condition_and_posts_an_event(
 apiVersion: agentops.agentops.io/v1alpha1
 kind: AgentPolicy
 metadata: {name: small-budget}
-spec: {budget: {tokens: 60, period: day, scope: Agent}}
+spec: {budget: {tokens: 120, period: day, scope: Agent}}
 """,
     )  # fmt: skip
     kubectl("apply", "-f", "-", input=AGENT.format(name="spender", replicas=1))
@@ -367,13 +369,15 @@ spec: {budget: {tokens: 60, period: day, scope: Agent}}
             kubectl.json("get", "agdep", "spender")["status"].get("usage", {}).get("remainingTokens") == 60
         ),
         "the budget in status",
+        timeout=15,
     )
     r = redis.Redis.from_url(redis_url)
     reply = f"agentops:{namespace}:client:test:results"
     statuses: list[str] = []
-    for i in range(12):
-        r.xadd(task_stream(namespace, "spender"), {"task_id": f"t{i}", "prompt": "one two three four five",
-                                                     "reply_to": reply, "max_tokens": "5"})  # fmt: skip
+    # Each task reserves the smallest possible call and settles a few tokens, until one no longer fits.
+    for i in range(30):
+        r.xadd(task_stream(namespace, "spender"), {"task_id": f"t{i}", "prompt": "x",
+                                                     "reply_to": reply, "max_tokens": "1"})  # fmt: skip
         entry = wait_for(lambda n=i: r.xrange(reply)[n : n + 1], f"result {i}")
         statuses.append(entry[0][1][b"status"].decode())
         if statuses[-1] == "budget_exceeded":
@@ -391,6 +395,7 @@ spec: {budget: {tokens: 60, period: day, scope: Agent}}
     )
     usage = obj["status"]["usage"]
     assert usage["tokens"] > 0
-    assert usage["remainingTokens"] == max(0, 60 - usage["tokens"])
+    assert usage["remainingTokens"] == max(0, 120 - usage["tokens"])
+    assert statuses[-1] == "budget_exceeded"
     events = kubectl.json("get", "events", "--field-selector", "involvedObject.name=spender")["items"]
     assert "BudgetExceeded" in {e["reason"] for e in events}

@@ -98,6 +98,7 @@ def test_up_status_down(state_dir: Path) -> None:
     assert any(e.startswith(b"AGENTOPS_REDIS_URL=redis://127.0.0.1:") for e in environ)
     assert stack.status() == {"control-plane": True, "redis": True, "echo": True}
 
+    kubectl("scale", "agdep", "research-agent", "--replicas=7")
     assert sorted(stack.down()) == ["control-plane", "echo", "redis"]
     assert _running_with(state_dir) == []
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
@@ -106,6 +107,21 @@ def test_up_status_down(state_dir: Path) -> None:
     assert stopped.returncode == 3
     assert "control-plane    stopped" in stopped.stdout
     assert deploy_cli(state_dir, "down").stdout.strip() == "nothing was running"
+
+    # Up again: same server URL (the copied kubeconfig still works) and the cluster's data is kept.
+    server = _server(up.stdout)
+    with pytest.raises(AssertionError):
+        kubectl("get", "agdep", "research-agent", timeout=10)  # really down
+    restarted = deploy_cli(state_dir, "up", "--no-samples")
+    assert restarted.returncode == 0, restarted.stderr
+    assert _server(restarted.stdout) == server
+    assert kubectl.json("get", "agdep", "research-agent")["spec"]["replicas"] == 7
+    assert deploy_cli(state_dir, "down").returncode == 0
+    assert _running_with(state_dir) == []
+
+
+def _server(up_stdout: str) -> str:
+    return next(line.split()[-1] for line in up_stdout.splitlines() if line.startswith("API server:"))
 
 
 def test_failing_component_is_reported_with_its_log(state_dir: Path) -> None:

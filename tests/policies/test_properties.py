@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies.engine import PolicySet, mutate, validate
+from policies.engine import AdmissionRequest, PolicySet, mutate, validate
 from policies.models import AgentPolicy, ClusterAgentPolicy
-from tests.policies.builders import NAMESPACE, admit, apply, request
+from tests.policies.builders import ALICE, NAMESPACE, NOW, admit, apply, request
 
 LIMIT_NAMES = ("maxTokensPerCall", "maxConcurrentTasks", "timeoutSeconds")
 LABELS = st.dictionaries(st.sampled_from(["tier", "team"]), st.sampled_from(["a", "b"]), max_size=2)
@@ -121,7 +121,7 @@ def agent_obj(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
@@ -181,3 +181,62 @@ def test_updates_also_pass_validation_after_mutation(
     mutated, _, decision = admit(req, ps)
     assert mutated.allowed
     assert not any(m.startswith("metadata.annotations[agentops.agentops.io/p") for m in decision.denials)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 200) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELDS = st.sampled_from(["spec", "metadata", "kind", "apiVersion", "status"])
+
+
+@st.composite
+def junk_object(draw: st.DrawFn) -> dict[str, Any]:
+    """Objects near the real shapes: a real agent or pipeline with random parts replaced."""
+    base: dict[str, Any] = draw(st.sampled_from([{}, {"spec": {}}])) | draw(agent_obj())
+    for _ in range(draw(st.integers(0, 3))):
+        spec = base.get("spec")
+        target = spec if isinstance(spec, dict) and draw(st.booleans()) else base
+        target[draw(FIELDS | st.sampled_from(["limits", "replicas", "systemPrompt", "steps"]))] = draw(JSON)
+    return base
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(
+        [
+            "AgentDeployment",
+            "AgentPipeline",
+            "ClusterAgentPolicy",
+            "AgentPolicy",
+            "AgentPromptRevision",
+            "Scale",
+            "Pod",
+        ]
+    ),
+    st.sampled_from(["CREATE", "UPDATE", "DELETE", "CONNECT", "PATCH"]),
+    st.one_of(st.none(), junk_object(), st.dictionaries(st.text(max_size=5), JSON, max_size=4)),
+    st.one_of(st.none(), junk_object()),
+    st.sampled_from([None, "", "scale", "status", "exec"]),
+    policy_set(),
+)
+def test_random_requests_never_crash_the_engine(
+    kind: str, operation: str, obj: Any, old: Any, sub: str | None, ps: PolicySet
+) -> None:
+    req = AdmissionRequest(
+        uid="fuzz",
+        kind=kind,
+        operation=operation,
+        namespace=NAMESPACE,
+        name="x",
+        object=obj,
+        old_object=old,
+        user=ALICE,
+        sub_resource=sub,
+        now=NOW,
+    )
+    for decision in (mutate(req, ps), validate(req, ps)):
+        assert decision.allowed or decision.denials  # a denial always says why

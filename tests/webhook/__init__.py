@@ -1,1 +1,1 @@
-"""Tests of the admission webhook and its certificates: unit, HTTP over TLS, end to end through kube-apiserver."""
+"""Tests of the admission webhook and its certificates: unit, HTTPS, end to end via kube-apiserver."""

@@ -17,8 +17,8 @@ from webhook.cache import ClusterPolicyCache
 API_VERSION = "agentops.agentops.io/v1alpha1"
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], bool], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
@@ -67,7 +67,7 @@ async def test_cache_follows_policies_agents_and_namespace_labels(
             return (
                 any(p.metadata.name == cluster_name for p in snap.policies.cluster)
                 and any(p.metadata.namespace == namespace for p in snap.policies.namespaced)
-                and (namespace, "a1") in snap.policies.known_agents
+                and (namespace, "a1") in snap.policies_for("AgentPipeline").known_agents
                 and snap.namespace_labels.get(namespace, {}).get("team") == "blue"
             )
 
@@ -76,15 +76,18 @@ async def test_cache_follows_policies_agents_and_namespace_labels(
         assert snap.agent_labels[(namespace, "a1")] == {"x": "1"}
         assert "PROMPT" not in repr(snap.agent_labels)  # metadata only: prompts never cached
 
+        policies_before = snap.policies
         kubectl("label", "agdep", "a1", "x=2", "--overwrite")
         await eventually(lambda: cache.snapshot().agent_labels.get((namespace, "a1")) == {"x": "2"})
+        # An agent change keeps the PolicySet (and its effective-policy caches) as it was.
+        assert cache.snapshot().policies is policies_before
 
         kubectl("delete", "agdep", "a1")
         kubectl("delete", "agentpolicy", "team")
         kubectl("delete", "clusteragentpolicy", cluster_name)
         await eventually(
             lambda: (
-                (namespace, "a1") not in cache.snapshot().policies.known_agents
+                (namespace, "a1") not in cache.snapshot().agent_labels
                 and not any(p.metadata.namespace == namespace for p in cache.snapshot().policies.namespaced)
                 and not any(p.metadata.name == cluster_name for p in cache.snapshot().policies.cluster)
             )

@@ -351,8 +351,12 @@ def test_rotated_certificates_keep_admissions_working(
     )  # fmt: skip
     kubectl = cluster_kubectl.in_namespace(namespace)
     name = f"org-{namespace}"
-    policy = cluster_policy(name, namespace, limits={"maxTokensPerCall": {"default": DEFAULT_TOKENS, "max": 16000},
-        "maxConcurrentTasks": {"default": 2}, "timeoutSeconds": {"default": 60}})  # fmt: skip
+    rules = {
+        "maxTokensPerCall": {"default": DEFAULT_TOKENS, "max": 16000},
+        "maxConcurrentTasks": {"default": 2},
+        "timeoutSeconds": {"default": 60},
+    }
+    policy = cluster_policy(name, namespace, limits=rules)
     policy["metadata"]["labels"] = {ROTATION_LABEL[0]: ROTATION_LABEL[1]}
     try:
         label_namespace(k8s_api, namespace, ROTATION_LABEL)

@@ -99,7 +99,8 @@ def test_deployment_is_highly_available_non_root_and_probed() -> None:
     # The args name the Secret and the configurations the RBAC allows, and nothing else.
     args = " ".join(container["args"])
     assert "--secret=agentops-system/agentops-webhook-tls" in args
-    assert "--mutating=agentops-admission" in args and "--validating=agentops-admission" in args
+    assert "--mutating=agentops-admission" in args
+    assert "--validating=agentops-admission" in args
 
 
 def _into_namespace(doc: dict[str, Any], namespace: str, suffix: str) -> dict[str, Any]:

@@ -35,14 +35,16 @@ def _app() -> FastAPI:
 
 def _fetch(port: int, ctx: ssl.SSLContext) -> tuple[int, bytes]:
     """One full handshake + GET /healthz; returns (serial of the served cert, response)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            der = tls.getpeercert(binary_form=True)
-            assert der is not None
-            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := tls.recv(4096):
-                data += chunk
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := tls.recv(4096):
+            data += chunk
     return x509.load_der_x509_certificate(der).serial_number, data
 
 

@@ -1,0 +1,293 @@
+"""Create latency of AgentDeployments through the real kube-apiserver: webhook vs CEL vs nothing.
+
+One run, one control plane (:class:`deploy.controlplane.ControlPlane`), three namespaces:
+
+- ``bench-none``: no admission policy of ours at all (the baseline);
+- ``bench-vap``: a ValidatingAdmissionPolicy with the same ceilings as the sample
+  ``org-defaults`` ClusterAgentPolicy, written in CEL (limits mandatory and bounded, replicas,
+  model allow-list, prompt size), bound to this namespace only;
+- ``bench-webhook``: our mutating + validating webhook (``python -m webhook``, one worker, real
+  TLS, registered with ``--register-url`` and scoped to this namespace by label), enforcing the
+  ``org-defaults`` ClusterAgentPolicy from its watch cache.
+
+The same valid agent is created in each namespace in turn (rotating the order every iteration,
+so drift in the machine's load hits all three alike) over one keep-alive HTTPS connection.
+Reported: median, p90, p99 per variant and the ratios to the baseline.  The CEL policy can only
+validate; the webhook also mutates (fills limits, stamps the prompt audit), so it does strictly
+more work per request.
+
+Target (docs/architecture.md): webhook / neither <= 1.3 at the median.
+
+Run: ``.venv/bin/python -m benchmarks.bench_apiserver [--iterations 300]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP_PATH = "/apis/agentops.agentops.io/v1alpha1"
+WEBHOOK_LABEL = ("agentops.agentops.io/bench-webhook", "true")
+VAP_LABEL = ("agentops.agentops.io/bench-vap", "true")
+VARIANTS = ("neither", "vap", "webhook")
+NAMESPACES = {"neither": "bench-none", "vap": "bench-vap", "webhook": "bench-webhook"}
+
+#: The ceilings of deploy/samples/org-defaults.yaml, in CEL.
+_ORG = "set by ClusterAgentPolicy/org-defaults"
+VAP = {
+    "apiVersion": "admissionregistration.k8s.io/v1",
+    "kind": "ValidatingAdmissionPolicy",
+    "metadata": {"name": "agentops-bench-ceilings"},
+    "spec": {
+        "failurePolicy": "Fail",
+        "matchConstraints": {
+            "resourceRules": [
+                {
+                    "apiGroups": ["agentops.agentops.io"],
+                    "apiVersions": ["v1alpha1"],
+                    "operations": ["CREATE", "UPDATE"],
+                    "resources": ["agentdeployments"],
+                }
+            ]
+        },
+        "validations": [
+            {"expression": "has(object.spec.limits) && has(object.spec.limits.maxTokensPerCall) && "
+             "has(object.spec.limits.maxConcurrentTasks) && has(object.spec.limits.timeoutSeconds)",
+             "message": "spec.limits: maxTokensPerCall, maxConcurrentTasks, timeoutSeconds are mandatory"},
+            {"expression": "object.spec.limits.maxTokensPerCall <= 16000",
+             "messageExpression": "'spec.limits.maxTokensPerCall: '"
+             " + string(object.spec.limits.maxTokensPerCall)"
+             f" + ' exceeds 16000 {_ORG}'"},
+            {"expression": "object.spec.limits.maxConcurrentTasks <= 20",
+             "message": f"spec.limits.maxConcurrentTasks exceeds 20 {_ORG}"},
+            {"expression": "object.spec.limits.timeoutSeconds <= 600",
+             "message": f"spec.limits.timeoutSeconds exceeds 600 {_ORG}"},
+            {"expression": "object.spec.replicas <= 10",
+             "message": f"spec.replicas exceeds 10 {_ORG}"},
+            {"expression": "object.spec.model.matches('^(claude-.*|gpt-4o.*|offline-.*)$')",
+             "message": "spec.model is not allowed by ClusterAgentPolicy/org-defaults"},
+            {"expression": "size(bytes(object.spec.systemPrompt)) <= 20000",
+             "message": f"spec.systemPrompt exceeds 20000 bytes {_ORG}"},
+            {"expression": "!has(object.spec.livenessProbe) || "
+             "object.spec.livenessProbe.type != 'semantic' || "
+             "object.spec.livenessProbe.intervalSeconds >= 30",
+             "message": f"spec.livenessProbe.intervalSeconds is below 30 {_ORG}"},
+        ],
+    },
+}  # fmt: skip
+VAP_BINDING = {
+    "apiVersion": "admissionregistration.k8s.io/v1",
+    "kind": "ValidatingAdmissionPolicyBinding",
+    "metadata": {"name": "agentops-bench-ceilings"},
+    "spec": {
+        "policyName": "agentops-bench-ceilings",
+        "validationActions": ["Deny"],
+        "matchResources": {"namespaceSelector": {"matchLabels": {VAP_LABEL[0]: VAP_LABEL[1]}}},
+    },
+}
+
+
+def agent(name: str, tokens: int = 8000) -> dict[str, Any]:
+    return {
+        "apiVersion": "agentops.agentops.io/v1alpha1",
+        "kind": "AgentDeployment",
+        "metadata": {"name": name, "labels": {"team": "research"}},
+        "spec": {
+            "replicas": 3,
+            "model": "claude-sonnet-4-20250514",
+            "systemPrompt": "You are a research agent. Gather and summarise information accurately.\n",
+            "limits": {"maxTokensPerCall": tokens, "maxConcurrentTasks": 5, "timeoutSeconds": 120},
+        },
+    }
+
+
+def api_http(kubeconfig: Path) -> httpx.Client:
+    from certs.kube import configuration
+
+    cfg = configuration(kubeconfig)
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    token = cfg.get_api_key_with_prefix("authorization")
+    if token:
+        headers["Authorization"] = token
+    return httpx.Client(base_url=cfg.host, verify=ctx, headers=headers, timeout=30)
+
+
+def post(http: httpx.Client, path: str, obj: dict[str, Any]) -> httpx.Response:
+    return http.post(path, content=json.dumps(obj))
+
+
+def must(response: httpx.Response) -> None:
+    if response.status_code >= 300 and response.status_code != 409:
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text}"
+        )
+
+
+def wait_until_denied(http: httpx.Client, namespace: str, timeout: float = 60) -> None:
+    """Until an over-ceiling agent is refused in ``namespace`` (the policy is in force)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = http.post(
+            f"{GROUP_PATH}/namespaces/{namespace}/agentdeployments?dryRun=All",
+            content=json.dumps(agent("probe", tokens=50000)),
+        )
+        if reply.status_code in (400, 403, 422) and "16000" in reply.text:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"admission policy for {namespace} not in force after {timeout} s")
+
+
+def webhook_handling(port: int, cert_dir: Path) -> str:
+    """Time inside the webhook per endpoint, from its Prometheus histogram: mean and median bucket."""
+    ctx = ssl.create_default_context(cafile=cert_dir / "ca.crt")
+    text = httpx.get(f"https://127.0.0.1:{port}/metrics", verify=ctx).text
+    sums: dict[str, float] = {}
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    name = "agentops_webhook_request_duration_seconds"
+    for line in text.splitlines():
+        if line.startswith(f"{name}_sum{{"):
+            sums[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{name}_bucket{{"):
+            endpoint = line.split('endpoint="')[1].split('"')[0]
+            bound = line.split('le="')[1].split('"')[0]
+            buckets.setdefault(endpoint, []).append((float(bound), float(line.rsplit(" ", 1)[1])))
+    parts = []
+    for endpoint, series in sorted(buckets.items()):
+        count = series[-1][1]
+        if not count:
+            continue
+        median_bound = next(bound for bound, cumulative in series if cumulative >= count / 2)
+        parts.append(
+            f"{endpoint}: mean {sums[endpoint] / count * 1000:.2f} ms, median <= {median_bound * 1000:g} ms"
+            f" ({count:.0f} requests)"
+        )
+    return "; ".join(parts)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=300, help="creates per variant")
+    parser.add_argument("--warmup", type=int, default=30, help="creates per variant not measured")
+    args = parser.parse_args(argv)
+
+    from deploy.controlplane import ControlPlane
+    from deploy.crds import CRD_DIR
+
+    with tempfile.TemporaryDirectory(prefix="bench-apiserver-") as tmp:
+        workdir = Path(tmp)
+        plane = ControlPlane(workdir / "cp", die_with_parent=True)
+        crds = [yaml.safe_load(p.read_text()) for p in sorted(CRD_DIR.glob("*.yaml"))]
+        print("starting the control plane ...", file=sys.stderr)
+        plane.start(timeout=180, crds=crds)
+        webhook: subprocess.Popen[bytes] | None = None
+        try:
+            http = api_http(plane.kubeconfig)
+            for variant, ns in NAMESPACES.items():
+                labels = {"webhook": dict([WEBHOOK_LABEL]), "vap": dict([VAP_LABEL])}.get(variant, {})
+                namespace = {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": ns, "labels": labels},
+                }
+                must(post(http, "/api/v1/namespaces", namespace))
+            policy = yaml.safe_load((REPO / "deploy" / "samples" / "org-defaults.yaml").read_text())
+            must(post(http, f"{GROUP_PATH}/clusteragentpolicies", policy))
+            base = "/apis/admissionregistration.k8s.io/v1"
+            must(post(http, f"{base}/validatingadmissionpolicies", VAP))
+            must(post(http, f"{base}/validatingadmissionpolicybindings", VAP_BINDING))
+
+            port = free_port()
+            log_file = (workdir / "webhook.log").open("wb")
+            webhook = subprocess.Popen(
+                [sys.executable, "-m", "webhook", "--kubeconfig", str(plane.kubeconfig), "--port", str(port),
+                 "--cert-dir", str(workdir / "certs"), "--register-url", f"https://127.0.0.1:{port}",
+                 "--registration-name", "agentops-bench", "--scope-label", "=".join(WEBHOOK_LABEL),
+                 "--log-level", "WARNING"],
+                cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            wait_until_denied(http, NAMESPACES["vap"])
+            wait_until_denied(http, NAMESPACES["webhook"])
+            print("policies in force; measuring", file=sys.stderr)
+
+            latencies: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            total = args.warmup + args.iterations
+            for i in range(total):
+                order = VARIANTS[i % 3 :] + VARIANTS[: i % 3]
+                for variant in order:
+                    path = f"{GROUP_PATH}/namespaces/{NAMESPACES[variant]}/agentdeployments"
+                    body = json.dumps(agent(f"agent-{i}"))
+                    started = time.perf_counter()
+                    reply = http.post(path, content=body)
+                    elapsed = time.perf_counter() - started
+                    if reply.status_code != 201:
+                        raise RuntimeError(
+                            f"create in {variant} failed: {reply.status_code} {reply.text[:300]}"
+                        )
+                    if i >= args.warmup:
+                        latencies[variant].append(elapsed)
+            stored = http.get(
+                f"{GROUP_PATH}/namespaces/{NAMESPACES['webhook']}/agentdeployments/agent-0"
+            ).json()
+            assert stored["metadata"]["annotations"]["agentops.agentops.io/prompt-sha256"]
+
+            base_median = statistics.median(latencies["neither"])
+            print(f"\ncreate latency of an AgentDeployment, {args.iterations} creates per variant, one run\n")
+            print(f"{'variant':>10} {'median ms':>10} {'p90 ms':>8} {'p99 ms':>8} {'median/neither':>15}")
+            for variant in VARIANTS:
+                values = latencies[variant]
+                median = statistics.median(values)
+                print(
+                    f"{variant:>10} {median * 1000:>10.2f} {pct(values, 0.9) * 1000:>8.2f}"
+                    f" {pct(values, 0.99) * 1000:>8.2f} {median / base_median:>15.2f}"
+                )
+            print(
+                f"\nwebhook's own handling time (its /metrics): {webhook_handling(port, workdir / 'certs')}"
+            )
+            ratio = statistics.median(latencies["webhook"]) / base_median
+            vap_ratio = statistics.median(latencies["vap"]) / base_median
+            print(f"\nwebhook/neither = {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'NOT met'}); "
+                  f"vap/neither = {vap_ratio:.2f}; webhook/vap = {ratio / vap_ratio:.2f}")  # fmt: skip
+            return 0
+        finally:
+            if webhook is not None:
+                webhook.send_signal(signal.SIGTERM)
+                try:
+                    webhook.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    webhook.kill()
+                    webhook.wait()
+            plane.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
