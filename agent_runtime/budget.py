@@ -166,22 +166,42 @@ class Budget:
         pipeline: Pipeline | None = None,
     ) -> None:
         """Release ``reservation`` and record real usage; queued on ``pipeline`` when one is given."""
-        args = [
-            str(reservation.tokens),
-            _fmt(reservation.cost_usd),
-            str(used_tokens),
-            _fmt(used_cost_usd),
-            str(reservation.expire_at),
-        ]
+        args = self._settle_args(reservation, used_tokens, used_cost_usd)
         if pipeline is not None:
             # Queued inside the caller's MULTI: settled atomically with the result and the ack.
             await self._settle(keys=[reservation.key], args=args, client=pipeline)
             return
         self.record_settled(await self._settle(keys=[reservation.key], args=args))
 
+    def settle_command(
+        self, reservation: Reservation, used_tokens: int, used_cost_usd: float
+    ) -> tuple[Any, ...]:
+        """The settlement as one raw command, for a caller's own MULTI/EXEC block.
+
+        EVAL, not EVALSHA: a restarted Redis has forgotten every script, and a NOSCRIPT error
+        inside EXEC would leave the reservation held.  Redis caches the compiled script anyway.
+        """
+        return (
+            "EVAL",
+            _SETTLE,
+            1,
+            reservation.key,
+            *self._settle_args(reservation, used_tokens, used_cost_usd),
+        )
+
     def record_settled(self, reply: list[Any]) -> None:
         """Update the headroom gauges from the settle script's reply (spent + still reserved)."""
         self._update_remaining(float(reply[0]), float(reply[1]))
+
+    @staticmethod
+    def _settle_args(reservation: Reservation, used_tokens: int, used_cost_usd: float) -> list[str]:
+        return [
+            str(reservation.tokens),
+            _fmt(reservation.cost_usd),
+            str(used_tokens),
+            _fmt(used_cost_usd),
+            str(reservation.expire_at),
+        ]
 
     def _update_remaining(self, tokens_used: float, cost_used: float) -> None:
         if self._config.budget_tokens is not None:

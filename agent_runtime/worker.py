@@ -13,6 +13,7 @@ Life of a task
    retries on 429/5xx/overloaded).
 5. In ONE MULTI/EXEC: XADD the result to ``reply_to``, XACK the entry, set the ``done`` key and
    settle the budget with the provider's real usage.  Either all of it happened or none did.
+   (:mod:`agent_runtime.commit` sends the blocks of tasks finishing together in one round trip.)
 
 Nothing is lost
 ---------------
@@ -53,6 +54,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent_runtime.budget import Budget, BudgetExceeded, Reservation
+from agent_runtime.commit import Command, Committer
 from agent_runtime.http import HttpServer, build_app
 from agent_runtime.metrics import RuntimeMetrics
 from agent_runtime.providers import (
@@ -179,6 +181,10 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(problems) + f" (a task has the fields {', '.join(sorted(TASK_FIELDS))})"
 
 
+def _flatten(fields: dict[Any, Any]) -> list[Any]:
+    return [part for pair in fields.items() for part in pair]
+
+
 def _as_bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
@@ -217,6 +223,7 @@ class Worker:
         )
         self.metrics = RuntimeMetrics()
         self.budget = Budget(self.redis, cfg, settings.prices)
+        self._committer = Committer(self.redis)
         self.provider: Provider = provider or make_provider(settings)
         self.probe = ProbeState(type=cfg.probe_type)
         self.redis_ok = False
@@ -679,17 +686,18 @@ class Worker:
                     # The previous EXEC was applied; only its reply was lost.
                     await self.redis.xack(self.stream, CONSUMER_GROUP, entry.entry_id)
                     return
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    for stream, fields, maxlen in adds:
-                        pipe.xadd(stream, fields, maxlen=maxlen, approximate=maxlen is not None)
-                    pipe.xack(self.stream, CONSUMER_GROUP, entry.entry_id)
-                    if marker:
-                        pipe.set(marker[0], marker[1], ex=self.done_ttl_seconds)
-                    if outcome and reservation:
-                        await self.budget.settle(
-                            reservation, outcome.used_tokens, outcome.used_cost_usd, pipeline=pipe
-                        )
-                    replies = await pipe.execute(raise_on_error=False)
+                commands: list[Command] = []
+                for stream, fields, maxlen in adds:
+                    trim = ("MAXLEN", "~", maxlen) if maxlen is not None else ()
+                    commands.append(("XADD", stream, *trim, "*", *_flatten(fields)))
+                commands.append(("XACK", self.stream, CONSUMER_GROUP, entry.entry_id))
+                if marker:
+                    commands.append(("SET", marker[0], marker[1], "EX", self.done_ttl_seconds))
+                if outcome and reservation:
+                    commands.append(
+                        self.budget.settle_command(reservation, outcome.used_tokens, outcome.used_cost_usd)
+                    )
+                replies = await self._committer.commit(commands)
             except REDIS_ERRORS as exc:
                 self._redis_down(exc)
                 retry = True

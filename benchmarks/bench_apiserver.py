@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
 import ssl
@@ -179,7 +180,15 @@ def webhook_handling(port: int, cert_dir: Path) -> str:
             f"{endpoint}: mean {sums[endpoint] / count * 1000:.2f} ms, median <= {median_bound * 1000:g} ms"
             f" ({count:.0f} requests)"
         )
-    return "; ".join(parts)
+    handshakes = next(
+        (
+            line.rsplit(" ", 1)[1]
+            for line in text.splitlines()
+            if line.startswith("agentops_webhook_tls_handshakes_total")
+        ),
+        "nan",
+    )
+    return "; ".join(parts) + f"; TLS handshakes: {float(handshakes):.0f}"
 
 
 def free_port() -> int:
@@ -277,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             vap_ratio = statistics.median(latencies["vap"]) / base_median
             print(f"\nwebhook/neither = {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'NOT met'}); "
                   f"vap/neither = {vap_ratio:.2f}; webhook/vap = {ratio / vap_ratio:.2f}")  # fmt: skip
+            load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"(machine: {os.cpu_count()} CPUs shared with whatever else runs; load average now {load})")
             return 0
         finally:
             if webhook is not None:

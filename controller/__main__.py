@@ -9,6 +9,7 @@ process.  ``--liveness http://0.0.0.0:8080/healthz`` serves kopf's health endpoi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -19,6 +20,19 @@ import kopf
 from controller.context import ControllerConfig
 from controller.render import DEFAULT_RUNTIME_IMAGE, RenderOptions
 from policies.models import SecretKeyRef
+
+
+def pod_priority(pod_name: str | None) -> int:
+    """A stable, per-replica peering priority.
+
+    kopf pauses *every* operator that sees a peer of the same priority, so two replicas with
+    identical arguments would both stand still.  Deriving the priority from the pod name makes
+    the replicas differ: the higher one leads, the other takes over once the leader's peering
+    record goes silent for ``--peering-lifetime`` seconds.
+    """
+    if not pod_name:
+        return 0
+    return int(hashlib.sha256(pod_name.encode()).hexdigest()[:8], 16) % 1_000_000 + 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--peering", default="agentops-controller", help="kopf peering name (leader election)"
     )
     parser.add_argument("--standalone", action="store_true", help="no peering: a single controller")
-    parser.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority of this replica (default: derived from $POD_NAME, so replicas differ)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds after which a silent peer (a crashed leader) is considered gone",
+    )
     parser.add_argument("--verbose", action="store_true")
     return parser
 
@@ -92,13 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     kopf.configure(verbose=args.verbose)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    handlers.PEERING_LIFETIME = args.peering_lifetime
     kopf.run(
         standalone=args.standalone,
         namespaces=args.namespace,
         clusterwide=not args.namespace,
         liveness_endpoint=args.liveness,
         peering_name=None if args.standalone else args.peering,
-        priority=args.priority,
+        priority=args.priority if args.priority is not None else pod_priority(os.environ.get("POD_NAME")),
     )
     return 0
 

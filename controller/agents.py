@@ -21,6 +21,7 @@ Failures become conditions and Events, never exceptions that crash-loop: a missi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -38,6 +39,16 @@ logger = logging.getLogger("controller.agents")
 
 PLURAL = "agentdeployments"
 KEDA_CRD = "scaledobjects.keda.sh"
+APPLY_RETRY_SECONDS = 5.0
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own explanation (e.g. which verb RBAC denied), not just "403 Forbidden"."""
+    try:
+        detail = json.loads(exc.body or "{}").get("message")
+    except (TypeError, ValueError):
+        detail = None
+    return f"{exc.status} {detail or exc.reason}"
 
 
 def essence(body: dict[str, Any]) -> dict[str, Any]:
@@ -116,10 +127,14 @@ async def _reconcile_locked(
             )
             await _call(ctx.kube.apply, render.render_service(agent))
         except ApiException as exc:
-            message = f"applying children failed: {exc.status} {exc.reason}"
+            message = f"applying the agent's Deployment, ConfigMap or Service failed: {api_message(exc)}"
+            previous = conditions.get("Ready") or {}
             conditions.set("Ready", False, "ApplyFailed", message)
-            await _event(ctx, body, "Warning", "ApplyFailed", message)
+            if previous.get("message") != message:  # one Event per distinct failure, not one per retry
+                await _event(ctx, body, "Warning", "ApplyFailed", message)
             await _patch_status_if_changed(ctx, body, {**status, "conditions": conditions.items})
+            # Retried by the timer, but no more often than every APPLY_RETRY_SECONDS.
+            ctx.last_full[key] = time.monotonic() - ctx.config.full_resync_seconds + APPLY_RETRY_SECONDS
             return
         ctx.deployments[key] = deployment
         await _keda(ctx, agent, conditions)
@@ -268,9 +283,7 @@ async def _autoscale(
         await _call(ctx.kube.scale_agent, namespace, name, target)
     except ApiException as exc:
         # A webhook denial lands here: report it, try again next tick.
-        await _event(
-            ctx, body, "Warning", "ScaleFailed", f"scaling to {target} failed: {exc.status} {exc.reason}"
-        )
+        await _event(ctx, body, "Warning", "ScaleFailed", f"scaling to {target} failed: {api_message(exc)}")
         return
     ceiling = (
         f", policy ceiling {view.replicas_max} ({view.replicas_max_source})" if view.replicas_max else ""

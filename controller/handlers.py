@@ -38,6 +38,7 @@ TIMER_SECONDS = 1.0
 
 #: Set by ``python -m controller`` before the operator starts.
 CONFIG = ControllerConfig()
+PEERING_LIFETIME = 60
 _context: Context | None = None
 
 
@@ -65,6 +66,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.persistence.finalizer = f"{KOPF_PREFIX}/finalizer"
     settings.posting.level = logging.WARNING
+    settings.peering.lifetime = PEERING_LIFETIME
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # Redis connections: one per blocked pipeline reader plus a few; no hard cap so pipelines never starve.
@@ -185,6 +187,36 @@ async def pipeline_deleted(body: Any, namespace: str | None, name: str, logger: 
 
 
 # --- policies ------------------------------------------------------------------------------
+#
+# Index handlers: kopf calls them for every existing object during the initial listing and holds
+# back every other handler (events, timers, daemons) until all indexes are populated.  They fill
+# the caches as a side effect, so the first reconcile after a (re)start already sees every
+# policy, namespace label and agent; the event handlers below then keep the caches current
+# (including deletions, which indexes do not report).
+
+
+@kopf.index(GROUP, VERSION, "clusteragentpolicies")
+async def cluster_policy_index(body: Any, **_: Any) -> None:
+    context().policies.update_policy(_plain(body), deleted=False)
+
+
+@kopf.index(GROUP, VERSION, "agentpolicies")
+async def policy_index(body: Any, **_: Any) -> None:
+    context().policies.update_policy(_plain(body), deleted=False)
+
+
+@kopf.index("", "v1", "namespaces")
+async def namespace_index(body: Any, name: str, **_: Any) -> None:
+    context().policies.update_namespace(name, dict(body.get("metadata", {}).get("labels") or {}))
+
+
+@kopf.index(GROUP, VERSION, "agentdeployments")
+async def agent_index(body: Any, namespace: str | None, name: str, **_: Any) -> None:
+    # Pipelines resumed after a restart must see which agents exist and are ready.
+    status = body.get("status") or {}
+    context().agents[(str(namespace), name)] = AgentInfo(
+        ready_replicas=int(status.get("readyReplicas") or 0), replicas=int(status.get("replicas") or 0)
+    )
 
 
 def _policies_changed(ctx: Context) -> None:

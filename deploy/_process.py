@@ -7,7 +7,9 @@ recorded in a pid file.  The pid file holds the pid and the process's start time
 down`` - never signals an unrelated process that happens to reuse the pid.
 
 Test fixtures ask for ``die_with_parent``: the kernel then sends SIGKILL to the child when
-the test process dies, even by SIGKILL, so a killed pytest leaves nothing behind.  The local
+the test process dies, even by SIGKILL, so a killed pytest leaves nothing behind.  (Only from
+the main thread: the kernel ties the signal to the forking thread, and a process started from
+a worker thread must not die when that thread ends.)  The local
 stack does not, because its processes must outlive the command that started them.
 """
 
@@ -19,6 +21,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,9 +64,14 @@ def _process_start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
-def _set_parent_death_signal() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _parent_death_signal_setter() -> Callable[[], None]:
+    # libc is loaded here, in the parent: loading a library between fork and exec can deadlock.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def set_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return set_signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +117,9 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a new session with stdout and stderr appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    # The kernel sends the signal when the *thread* that forked the child exits, so only the
+    # main thread may ask for it: a helper thread would take the process down with it.
+    tie = die_with_parent and threading.current_thread() is threading.main_thread()
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
@@ -123,7 +134,7 @@ def spawn(
                 cwd=cwd,
                 start_new_session=True,
                 # prctl must run in the child between fork and exec; nothing else can set it.
-                preexec_fn=_set_parent_death_signal if die_with_parent else None,
+                preexec_fn=_parent_death_signal_setter() if tie else None,
             )
         except FileNotFoundError as exc:
             raise StartError(f"cannot run {argv[0]!r}: {exc.strerror}") from None

@@ -63,7 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unregister-on-exit", action="store_true", help="delete the configurations on exit")
     parser.add_argument("--rotation-interval", type=float, default=3600.0, help="seconds between cert checks")
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between cert file polls")
-    parser.add_argument("--sync-timeout", type=float, default=60.0, help="seconds to wait for the first list")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -112,10 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.cert_dir / "tls.key",
         poll_interval=args.reload_interval,
         on_reload=reloaded,
+        on_handshake=metrics.tls_handshakes.inc,
     )
     metrics.cert_expiry.set(tls.current_certificate().not_valid_after_utc.timestamp())
     cache = ClusterPolicyCache(kube_cfg, on_change=metrics.cache_sizes)
-    app = create_app(cache, metrics=metrics, lifecycle=[cache])
+    lifecycle: list[Any] = [cache]
+    if args.unregister_on_exit and args.register_url:
+        lifecycle.insert(0, Unregistration(admission_api, args.registration_name))
+    app = create_app(cache, metrics=metrics, lifecycle=lifecycle)
 
     def ssl_factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         return tls.context
@@ -136,13 +139,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "webhook starting", extra={"host": args.host, "port": args.port, "register_url": args.register_url}
     )
     try:
-        asyncio.run(uvicorn.Server(config).serve())
+        # Server.run picks the fastest loop installed (uvloop) and shuts down gracefully on
+        # SIGTERM/SIGINT (running the lifespan's stop steps), then re-raises the signal, so
+        # nothing that must happen on exit is left to this ``finally``.
+        uvicorn.Server(config).run()
     finally:
         stop_rotation.set()
         tls.stop()
-        if args.unregister_on_exit and args.register_url:
-            unregister(admission_api, args.registration_name)
     return 0
+
+
+class Unregistration:
+    """Deletes the configurations on shutdown (``--unregister-on-exit``, local stack and tests).
+
+    Runs in the app's lifespan shutdown, which uvicorn completes before it re-raises the
+    terminating signal; a ``finally`` after ``Server.run`` would never be reached on SIGTERM.
+    """
+
+    def __init__(self, admission_api: Any, name: str) -> None:
+        self._api, self._name = admission_api, name
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(unregister, self._api, self._name)
+        log.info("webhook configurations deleted", extra={"configuration": self._name})
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from policies.admission import MalformedReview, parse_admission_review, review_response
 from policies.engine import AdmissionRequest, Decision, PolicySet, mutate, validate
+from policies.models import LabelSelector
 from webhook.cache import PolicySource, Snapshot
 from webhook.metrics import WebhookMetrics
 
@@ -90,20 +91,48 @@ def _deny(uid: str, message: str, code: int = 500) -> dict[str, Any]:
     }
 
 
+class NotCachedYet(Exception):
+    """An object the decision depends on has not reached the watch cache yet."""
+
+
+_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def _selector_keys(selector: LabelSelector | None) -> set[str]:
+    if selector is None:
+        return set()
+    return set(selector.match_labels) | {e.key for e in selector.match_expressions}
+
+
 def complete_request(request: AdmissionRequest, snapshot: Snapshot) -> AdmissionRequest:
-    """Fill in what only the cache knows: namespace labels and a scaled agent's labels."""
+    """Fill in what only the cache knows: namespace labels and a scaled agent's labels.
+
+    An object created a moment ago may not have reached the cache.  When the decision cannot
+    depend on what is missing (no policy selects on those labels; every namespace carries its
+    ``kubernetes.io/metadata.name`` label) we go on exactly; otherwise :class:`NotCachedYet` is
+    raised and the request denied with "retry", never decided on labels we do not have.
+    """
     changes: dict[str, Any] = {}
+    policies = snapshot.policies
     if request.namespace:
         labels = snapshot.namespace_labels.get(request.namespace)
-        # Every namespace carries this label (API server >= 1.21); a namespace created a moment
-        # ago may not have reached the cache yet, and this is the label selectors use most.
-        changes["namespace_labels"] = (
-            dict(labels) if labels is not None else {"kubernetes.io/metadata.name": request.namespace}
-        )
+        if labels is None:
+            keys = set().union(*(_selector_keys(p.spec.namespace_selector) for p in policies.cluster))
+            if keys - {_NAME_LABEL}:
+                raise NotCachedYet(f"namespace {request.namespace}")
+            labels = {_NAME_LABEL: request.namespace}
+        changes["namespace_labels"] = dict(labels)
     if request.sub_resource == "scale":
         target = snapshot.agent_labels.get((request.namespace or "", request.name or ""))
-        if target is not None:
-            changes["target_labels"] = dict(target)
+        if target is None:
+            selectors = [p.spec.selector for p in policies.cluster]
+            selectors += [
+                p.spec.selector for p in policies.namespaced if p.metadata.namespace == request.namespace
+            ]
+            if any(_selector_keys(s) for s in selectors):
+                raise NotCachedYet(f"AgentDeployment {request.namespace}/{request.name}")
+            target = {}
+        changes["target_labels"] = dict(target)
     return dataclasses.replace(request, **changes) if changes else request
 
 
@@ -190,6 +219,17 @@ def create_app(
             policies = snapshot.policies_for(review.kind)
             decision = _DECIDE[endpoint](complete_request(review, snapshot), policies)
             answer = review_response(review.uid, decision)
+        except NotCachedYet as missing:
+            metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
+            log.info(
+                "denied: object not in the watch cache yet",
+                extra={"uid": review.uid, "missing": str(missing)},
+            )
+            message = (
+                f"agentops webhook: {missing} is not in the webhook's watch cache yet (created a moment ago?)"
+                " and matching policies select on its labels; retry the request"
+            )
+            return _json(200, _deny(review.uid, message, code=503))
         except Exception:
             log.exception(
                 "admission failed; denying",

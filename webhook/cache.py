@@ -204,8 +204,10 @@ class Reflector:
             "resourceVersion": self.resource_version,
             "timeoutSeconds": str(self.watch_timeout),
         }
+        # A read timeout beyond the server-side watch timeout: a silently dead connection is noticed.
+        timeout = httpx.Timeout(30.0, read=self.watch_timeout + 60.0)
         async with self.http.client.stream(
-            "GET", self.path, params=params, headers=self.http.headers(accept)
+            "GET", self.path, params=params, headers=self.http.headers(accept), timeout=timeout
         ) as response:
             if response.status_code == 410:
                 raise WatchExpired

@@ -9,6 +9,7 @@
 ``agentops_webhook_policy_cache_synced``                  1 once every watch has listed
 ``agentops_webhook_certificate_expiry_timestamp_seconds`` notAfter of the certificate being served
 ``agentops_webhook_certificate_reloads_total``            hot reloads of the serving certificate
+``agentops_webhook_tls_handshakes_total``                 TLS handshakes (new connections)
 ========================================================  ==========================================
 
 Label values are bounded (our five kinds and their subresources, two operations, five decisions),
@@ -60,6 +61,11 @@ class WebhookMetrics:
         self.cert_expiry = Gauge(
             "agentops_webhook_certificate_expiry_timestamp_seconds",
             "notAfter of the serving certificate currently in use (Unix time).",
+            registry=self.registry,
+        )
+        self.tls_handshakes = Counter(
+            "agentops_webhook_tls_handshakes",
+            "TLS handshakes started (new connections); compare with requests to see connection reuse.",
             registry=self.registry,
         )
         self.cert_reloads = Counter(

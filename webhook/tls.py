@@ -46,11 +46,13 @@ class ReloadingTLS:
         *,
         poll_interval: float = 1.0,
         on_reload: Callable[[x509.Certificate], None] | None = None,
+        on_handshake: Callable[[], None] | None = None,
     ) -> None:
         self.cert_file = cert_file
         self.key_file = key_file
         self.poll_interval = poll_interval
         self.on_reload = on_reload
+        self.on_handshake = on_handshake
         self.reloads = 0
         self._signature: Signature | None = None
         self._current = self._build()
@@ -85,6 +87,8 @@ class ReloadingTLS:
         self, sslobj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> None:
         sslobj.context = self._current
+        if self.on_handshake is not None:
+            self.on_handshake()
         return None
 
     @property

@@ -105,8 +105,9 @@ def controller(
         yield proc
     finally:
         proc.stop()
-        if proc.proc is not None and proc.proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
-            print(proc.output()[-4000:])
+        # Shown by pytest only when the test failed.
+        print("--- controller log (tail) ---")
+        print(proc.output()[-6000:])
 
 
 @pytest.fixture

@@ -366,7 +366,7 @@ spec: {budget: {tokens: 120, period: day, scope: Agent}}
     ready(kubectl, "spender")
     wait_for(
         lambda: (
-            kubectl.json("get", "agdep", "spender")["status"].get("usage", {}).get("remainingTokens") == 60
+            kubectl.json("get", "agdep", "spender")["status"].get("usage", {}).get("remainingTokens") == 120
         ),
         "the budget in status",
         timeout=15,

@@ -138,3 +138,17 @@ def test_failing_component_is_reported_with_its_log(state_dir: Path) -> None:
         stack.up(samples=False)
     stack.down()
     assert _running_with(state_dir) == []
+
+
+def test_agentops_cli_runs_the_same_commands(tmp_path: Path) -> None:
+    agentops = Path(sys.executable).parent / "agentops"
+    result = subprocess.run(
+        [str(agentops), "status", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "control-plane    stopped" in result.stdout
+    assert "redis            stopped" in result.stdout

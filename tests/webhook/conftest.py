@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import os
@@ -84,7 +83,8 @@ def serve(app: Any, cert_dir: Path, *, poll_interval: float = 0.05) -> Iterator[
         app, ssl_context_factory=lambda _c, _d: tls.context, log_config=None, access_log=False, lifespan="on"
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    # Server.run uses uvloop, as the real process does; TLS hot reload must work on it.
+    thread = threading.Thread(target=lambda: server.run(sockets=[sock]), daemon=True)
     thread.start()
     tls.start()
     deadline = time.monotonic() + 10

@@ -168,3 +168,38 @@ def test_metrics_count_requests_by_resource_operation_and_decision(http: httpx.C
     assert 'agentops_webhook_request_duration_seconds_count{endpoint="validate"} 3.0' in text
     assert 'agentops_webhook_policy_cache_objects{kind="ClusterAgentPolicy"} 2.0' in text
     assert "agentops_webhook_policy_cache_synced 1.0" in text
+
+
+def test_objects_missing_from_the_cache_deny_with_retry_only_when_labels_matter(cert_dir: Path) -> None:
+    by_team = cluster_policy("by-team", namespaceSelector={"matchLabels": {"team": "blue"}})
+    selective = StaticPolicySource(Snapshot(PolicySet(cluster=(cluster_policy("org-defaults"), by_team))))
+    with serve(create_app(selective), cert_dir) as served, served.client() as http:
+        # A namespace the cache has not seen, and a policy that selects namespaces by "team".
+        answer = response_of(http, "/validate", review(agent(namespace="brand-new")))
+        assert answer["allowed"] is False
+        assert "namespace brand-new is not in the webhook's watch cache yet" in answer["status"]["message"]
+        assert "retry" in answer["status"]["message"]
+    # Without label selectors the missing labels cannot change the decision: decided exactly.
+    plain = StaticPolicySource(Snapshot(PolicySet(cluster=(cluster_policy("org-defaults"),))))
+    with serve(create_app(plain), cert_dir) as served, served.client() as http:
+        limited = agent(
+            namespace="brand-new",
+            limits={"maxTokensPerCall": 1, "maxConcurrentTasks": 1, "timeoutSeconds": 1},
+        )
+        mutated = apply_patch(limited, response_of(http, "/mutate", review(limited, user="alice")))
+        answer = response_of(http, "/validate", review(mutated, user="alice"))
+        assert answer["allowed"] is True, answer
+        assert response_of(http, "/validate", scale_review("brand-new", "unknown", 5))["allowed"] is True
+        assert response_of(http, "/validate", scale_review("brand-new", "unknown", 11))["allowed"] is False
+
+
+def test_scale_of_an_agent_missing_from_the_cache_is_not_decided_without_its_labels(
+    http: httpx.Client,
+) -> None:
+    # SNAPSHOT has a policy selecting agents by tier: the unknown agent's labels matter.
+    answer = response_of(http, "/validate", scale_review("team-a", "not-cached", 1))
+    assert answer["allowed"] is False
+    assert (
+        "AgentDeployment team-a/not-cached is not in the webhook's watch cache yet"
+        in answer["status"]["message"]
+    )

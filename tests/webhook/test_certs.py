@@ -222,3 +222,30 @@ def test_ca_bundle_is_injected_into_both_configurations(k8s_api: client.ApiClien
         assert inject_ca_bundle(admission, bundle.trusted_pem, mutating=[name], validating=[name]) == []
     finally:
         unregister(admission, name)
+
+
+def test_certs_command_creates_then_keeps_then_shows(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "certs", "ensure", "--cert-dir", str(tmp_path), "--san", "10.0.0.7"]
+    subprocess.run(argv, check=True, capture_output=True)
+    first = load_dir(tmp_path)
+    subprocess.run(argv, check=True, capture_output=True)
+    assert load_dir(tmp_path) == first  # nothing due: nothing changed
+    shown = subprocess.run(
+        [sys.executable, "-m", "certs", "show", "--cert-dir", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    info = json.loads(shown.stdout)
+    assert info["serving"]["ipAddresses"] == ["127.0.0.1", "10.0.0.7"]
+    missing = subprocess.run(
+        [sys.executable, "-m", "certs", "show", "--cert-dir", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1
+    assert "no certificates" in missing.stderr

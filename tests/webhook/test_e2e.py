@@ -13,6 +13,7 @@ for that with a server-side dry run (which, as a test below shows, stores nothin
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -397,6 +398,14 @@ def test_rotated_certificates_keep_admissions_working(
         )
         assert reloads >= 2
         assert hook.alive()
+        # A graceful stop with --unregister-on-exit removes both configurations, so a stopped
+        # local webhook never blocks the cluster.
+        hook.process.terminate()
+        assert hook.process.wait(timeout=15) in (0, -signal.SIGTERM)
+        admission = client.AdmissionregistrationV1Api(k8s_api)
+        configs: list[Any] = [*admission.list_mutating_webhook_configuration().items]
+        configs += admission.list_validating_webhook_configuration().items
+        assert hook.registration_name not in [c.metadata.name for c in configs]
     finally:
         cluster_kubectl("delete", "clusteragentpolicy", name, "--ignore-not-found", "--wait=false")
         stop_webhook(hook, k8s_api)
