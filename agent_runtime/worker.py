@@ -300,7 +300,6 @@ class Worker:
                 return
             if self.config.probe_type == "semantic":
                 background.append(asyncio.create_task(self._probe_loop(), name="probe"))
-            background.append(asyncio.create_task(self._reclaim_loop(), name="reclaim"))
             log.info(
                 "worker started",
                 extra={
@@ -382,11 +381,21 @@ class Worker:
             await self._dispatch(entries, counted=True)
 
     async def _consume(self) -> None:
+        """The only reader: XAUTOCLAIM and XREADGROUP take turns, so both share one slot count."""
+        loop = asyncio.get_running_loop()
+        interval = max(0.2, min(5.0, self.min_idle_ms / 4000))
+        next_reclaim = loop.time()
         backoff = _Backoff()
         while (free := await self._free_slots()) > 0:
             try:
+                if loop.time() >= next_reclaim:
+                    next_reclaim = loop.time() + interval
+                    if await self._reclaim(free):
+                        continue  # fewer free slots now
+                # Never block past the next reclaim: a dead consumer's tasks must not wait on new ones.
+                block = max(1, min(self.read_block_ms, int((next_reclaim - loop.time()) * 1000)))
                 reply = await self.redis.xreadgroup(
-                    CONSUMER_GROUP, self.name, {self.stream: ">"}, count=free, block=self.read_block_ms
+                    CONSUMER_GROUP, self.name, {self.stream: ">"}, count=free, block=block
                 )
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -404,38 +413,28 @@ class Worker:
             if entries:
                 await self._dispatch(entries, counted=False)
 
-    async def _reclaim_loop(self) -> None:
-        interval = max(0.2, min(5.0, self.min_idle_ms / 4000))
-        while not self._stopping.is_set():
-            await self._sleep(interval)
-            free = self.config.max_concurrent_tasks - len(self._inflight)
-            if self._stopping.is_set() or not self._accepting or free <= 0:
-                continue
-            try:
-                reply = await self.redis.xautoclaim(
-                    self.stream,
-                    CONSUMER_GROUP,
-                    self.name,
-                    min_idle_time=self.min_idle_ms,
-                    start_id=self._claim_cursor,
-                    count=free,
-                )
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    continue  # the consume loop recreates it
-                raise
-            except REDIS_ERRORS as exc:
-                self._redis_down(exc)
-                continue
-            cursor = reply[0]
-            self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
-            claimed = [e for e in reply[1] if e[0].decode() not in self._inflight]
-            if claimed:
-                log.warning(
-                    "reclaimed tasks of a consumer that stopped answering",
-                    extra={"worker": self.name, "count": len(claimed), "min_idle_ms": self.min_idle_ms},
-                )
-                await self._dispatch(claimed, counted=True)
+    async def _reclaim(self, free: int) -> int:
+        """Claim up to ``free`` entries idle longer than timeout + margin; how many were started."""
+        reply = await self.redis.xautoclaim(
+            self.stream,
+            CONSUMER_GROUP,
+            self.name,
+            min_idle_time=self.min_idle_ms,
+            start_id=self._claim_cursor,
+            count=free,
+        )
+        cursor = reply[0]
+        # Resume the scan where it stopped; "0-0" means it wrapped around.
+        self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        claimed = [e for e in reply[1] if e[0].decode() not in self._inflight]
+        if not claimed:
+            return 0
+        log.warning(
+            "reclaimed tasks of a consumer that stopped answering",
+            extra={"worker": self.name, "count": len(claimed), "min_idle_ms": self.min_idle_ms},
+        )
+        await self._dispatch(claimed, counted=True)
+        return len(claimed)
 
     async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
         try:

@@ -64,6 +64,21 @@ def _bad_request(message: str) -> Response:
     return _json(400, {"error": "malformed AdmissionReview", "message": message})
 
 
+async def _read_capped(request: Request) -> bytes | None:
+    """The body, or None once it exceeds MAX_BODY_BYTES (stops reading: no unbounded buffering)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _resource_of(payload: Any) -> tuple[str, str]:
     """``(resource[/subresource], operation)`` for metrics, from the raw body; never raises."""
     try:
@@ -169,7 +184,10 @@ def create_app(
 
     async def admit(endpoint: Endpoint, request: Request) -> Response:
         started = time.perf_counter()
-        body = await request.body()
+        body = await _read_capped(request)
+        if body is None:
+            metrics.observe(endpoint, "other", "other", "malformed", time.perf_counter() - started)
+            return _bad_request(f"request body exceeds {MAX_BODY_BYTES} bytes")
         try:
             return handle(endpoint, body, started)
         except Exception:
@@ -178,21 +196,18 @@ def create_app(
             log.exception("unexpected failure in the admission handler", extra={"endpoint": endpoint})
             try:
                 uid = _uid_of(json.loads(body))
-            except ValueError:
+            except (ValueError, RecursionError):
                 uid = None
             if uid is None:
                 return _bad_request("AdmissionReview could not be handled and has no request.uid")
             return _json(200, _deny(uid, "agentops webhook: internal error; denied"))
 
     def handle(endpoint: Endpoint, body: bytes, started: float) -> Response:
-        if len(body) > MAX_BODY_BYTES:
-            metrics.observe(endpoint, "other", "other", "malformed", time.perf_counter() - started)
-            return _bad_request(f"request body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             metrics.observe(endpoint, "other", "other", "malformed", time.perf_counter() - started)
-            return _bad_request(f"body is not JSON: {exc}")
+            return _bad_request(f"body is not JSON: {type(exc).__name__}: {str(exc)[:200]}")
         resource, operation = _resource_of(payload)
         uid = _uid_of(payload)
         try:

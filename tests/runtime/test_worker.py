@@ -148,16 +148,24 @@ async def test_slow_reply_times_out_and_frees_the_slot(
 async def test_concurrency_never_exceeds_the_limit(
     redis_url: str, rdb: aioredis.Redis, ns: str, llm: FakeLLM
 ) -> None:
-    async with running(make_settings(redis_url, ns, llm, max_concurrent_tasks=3)) as worker:
+    stream = task_stream(ns, "agent")
+    await rdb.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+    for i in range(4):
+        await submit(rdb, ns, f"sleep:0.2 orphan {i}")
+    # A consumer that died holding four entries: the worker reclaims them while reading new ones.
+    await rdb.xreadgroup(CONSUMER_GROUP, "dead", {stream: ">"})
+    settings = make_settings(redis_url, ns, llm, max_concurrent_tasks=3, timeout_seconds=1, margin=0.2)
+    async with running(settings) as worker:
         for i in range(12):
             await submit(rdb, ns, f"sleep:0.2 task {i}")
-        found = await results(rdb, ns, 12)
+        found = await results(rdb, ns, 16)
         for _ in range(100):  # the slot frees just after the result is written
             if worker.in_flight == 0:
                 break
             await asyncio.sleep(0.01)
         assert worker.in_flight == 0
     assert all(r.status == "succeeded" for r in found)
+    assert sorted(r.attempts for r in found) == [1] * 12 + [2] * 4
     # Measured at the server: the limit was reached and never exceeded.
     assert llm.max_in_flight == 3
 

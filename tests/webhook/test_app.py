@@ -118,6 +118,7 @@ def test_scale_is_checked_against_the_scaled_agents_labels_from_the_cache(http: 
         (b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}', "expected apiVersion"),
         (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": 3}', "request"),
         (b"\xff\xfe\x00", "body is not JSON"),
+        (b"[" * 200_000, "body is not JSON"),  # nesting deeper than the parser's recursion limit
     ],
 )
 def test_malformed_reviews_get_400_with_a_clear_message(
@@ -128,6 +129,18 @@ def test_malformed_reviews_get_400_with_a_clear_message(
         assert reply.status_code == 400
         assert expected in reply.json()["message"]
     assert http.get("/healthz").status_code == 200  # still serving
+
+
+def test_an_oversized_body_is_refused_without_buffering_it(http: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        # Chunked, no Content-Length: the server must stop reading on its own.
+        for _ in range(5 * 1024):
+            yield b" " * 1024
+
+    reply = http.post("/validate", content=chunks())
+    assert reply.status_code == 400
+    assert "exceeds" in reply.json()["message"]
+    assert http.get("/healthz").status_code == 200
 
 
 class ExplodingSource(StaticPolicySource):

@@ -276,11 +276,8 @@ def test_edit_patch_replace_and_apply_are_all_gated(
     for patch_type, patch in (
         ("merge", '{"spec":{"limits":{"maxTokensPerCall":60000}}}'),
         ("json", '[{"op":"replace","path":"/spec/limits/maxTokensPerCall","value":60000}]'),
-        ("strategic", '{"spec":{"limits":{"maxTokensPerCall":60000}}}'),
     ):
-        if patch_type == "strategic":
-            # Custom resources do not support strategic merge patch: kubectl says so (415).
-            continue
+        # (Strategic merge patch does not exist for custom resources: the API server refuses it.)
         assert expected in denied(
             kubectl("patch", "agdep", "gated", f"--type={patch_type}", "-p", patch, check=False)
         )
@@ -397,6 +394,9 @@ def test_rotated_certificates_keep_admissions_working(
             if line.startswith("agentops_webhook_certificate_reloads_total")
         )
         assert reloads >= 2
+        print(
+            f"{admitted} admissions through kube-apiserver across {reloads:.0f} certificate reloads, 0 failed"
+        )
         assert hook.alive()
         # A graceful stop with --unregister-on-exit removes both configurations, so a stopped
         # local webhook never blocks the cluster.
