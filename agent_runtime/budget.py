@@ -24,10 +24,16 @@ from redis.asyncio.client import Pipeline
 
 from policies.prices import PriceTable
 from policies.runtime_config import RuntimeConfig
-from policies.tasks import budget_key, budget_period_end, budget_period_id
+from policies.tasks import (
+    BUDGET_REQUEST_OVERHEAD_TOKENS,
+    budget_key,
+    budget_period_end,
+    budget_period_id,
+    reservation_tokens,
+)
 
-#: Tokens added to the byte count of a request to bound its input tokens (role markers, framing).
-REQUEST_OVERHEAD_TOKENS = 64
+#: Tokens added to the byte count of a request to bound its input tokens (shared with the controller).
+REQUEST_OVERHEAD_TOKENS = BUDGET_REQUEST_OVERHEAD_TOKENS
 #: Keys outlive their period by this much, so a status reader still sees the period that just ended.
 KEY_GRACE_SECONDS = 3600
 
@@ -110,9 +116,9 @@ class Budget:
 
     def estimate(self, system: str, prompt: str, max_tokens: int) -> tuple[int, float]:
         """The most a call can use: (tokens, USD)."""
-        input_bound = len(system.encode()) + len(prompt.encode()) + REQUEST_OVERHEAD_TOKENS
-        cost = self._prices.cost(self._config.model, input_bound, max_tokens)
-        return input_bound + max_tokens, cost
+        tokens = reservation_tokens(system, prompt, max_tokens)
+        cost = self._prices.cost(self._config.model, tokens - max_tokens, max_tokens)
+        return tokens, cost
 
     async def reserve(self, tokens: int, cost_usd: float) -> Reservation | BudgetExceeded:
         cfg = self._config

@@ -60,10 +60,16 @@ class HttpServer:
             app, host=host, port=port, log_config=None, access_log=False, lifespan="off", log_level="warning"
         )
         self._server = _Server(config)
+        self._host = host
         self.port = port
 
     async def serve(self) -> None:
-        await self._server.serve()
+        try:
+            await self._server.serve()
+        except SystemExit:
+            # uvicorn exits the process when it cannot bind; inside a task that would tear the
+            # event loop down.  It already logged why.
+            raise OSError(f"cannot listen on {self._host}:{self.port}") from None
 
     @property
     def started(self) -> bool:

@@ -291,8 +291,13 @@ class Worker:
         try:
             while not http.started:
                 if http_task.done():
-                    http_task.result()  # raises the bind error
-                    raise RuntimeError(f"HTTP server on port {self.config.http_port} stopped at start")
+                    # uvicorn logged the bind error; say which setting to change.
+                    with contextlib.suppress(OSError):
+                        http_task.result()
+                    raise RuntimeError(
+                        f"cannot serve HTTP on {self.settings.http_host}:{self.config.http_port}: "
+                        "is the port taken? (AGENTOPS_HTTP_PORT / AGENTOPS_HTTP_HOST)"
+                    )
                 await asyncio.sleep(0.01)
             self.http_port = http.bound_port()
             await self._ensure_group()

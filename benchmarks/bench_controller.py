@@ -64,7 +64,9 @@ metadata: {{name: {name}, namespace: {ns}}}
 spec:
   input: {{topic: "handoff {name}"}}
   steps:
-    - {{name: first, agentDeployment: bench-first, inputs: {{prompt: "research {{{{ .pipeline.input.topic }}}}"}}}}
+    - name: first
+      agentDeployment: bench-first
+      inputs: {{prompt: "research {{{{ .pipeline.input.topic }}}}"}}
     - name: second
       agentDeployment: bench-second
       dependsOn: [first]
@@ -79,8 +81,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def entry_ms(entry_id: bytes) -> int:
-    return int(entry_id.decode().split("-")[0])
+def entry_ms(entry_id: Any) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return int(text.split("-")[0])
 
 
 def kubectl_apply(kubeconfig: Path, text: str) -> None:
@@ -125,11 +128,10 @@ def bench_handoff(
             return True
 
         wait(batch_done, f"pipelines {batch[0]}..", 120)
-    second_entries = {
-        f[b"pipeline"].decode(): entry_ms(eid) for eid, f in r.xrange(task_stream(ns, "bench-second"))
-    }
+    submitted: Any = r.xrange(task_stream(ns, "bench-second"))
+    second_entries: dict[str, int] = {f[b"pipeline"].decode(): entry_ms(eid) for eid, f in submitted}
     for name in names:
-        results = r.xrange(pipeline_results_stream(ns, name))
+        results: Any = r.xrange(pipeline_results_stream(ns, name))
         first = next(eid for eid, f in results if f[b"task_id"].decode().split(":")[-2] == "first")
         latencies.append(second_entries[name] - entry_ms(first))
     return {
@@ -154,8 +156,8 @@ def bench_convergence(kubeconfig: Path, api: client.ApiClient, ns: str, agents: 
     applied = time.monotonic() - started
 
     def deployments() -> int:
-        items = apps.list_namespaced_deployment(ns, label_selector="app.kubernetes.io/managed-by").items
-        return sum(1 for d in items if d.metadata.name.startswith("fleet-"))
+        listed: Any = apps.list_namespaced_deployment(ns, label_selector="app.kubernetes.io/managed-by")
+        return sum(1 for d in listed.items if str(d.metadata.name).startswith("fleet-"))
 
     wait(lambda: deployments() >= agents, f"{agents} Deployments", 600)
     all_deployments = time.monotonic() - started

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import json
 import os
 import signal
@@ -85,6 +86,8 @@ def serve(port: int, cert_dir: Path, extra_policies: int) -> None:
         access_log=False,
         workers=1,
     )
+    gc.collect()
+    gc.freeze()  # as python -m webhook does before serving
     uvicorn.Server(config).run()
 
 
@@ -291,6 +294,12 @@ async def client(port: int, ca_file: Path, rates: Sequence[float], seconds: floa
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to show how busy the server was."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="100,250,500", help="comma-separated AdmissionReviews/s")
@@ -334,7 +343,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{args.seconds:.0f} s per rate, open loop\n")  # fmt: skip
             import uvloop
 
-            return uvloop.run(client(port, cert_dir / "ca.crt", rates, args.seconds, args.connections))
+            server_cpu, client_cpu, wall = _cpu_seconds(server.pid), time.process_time(), time.monotonic()
+            status = uvloop.run(client(port, cert_dir / "ca.crt", rates, args.seconds, args.connections))
+            wall = time.monotonic() - wall
+            server_cpu = _cpu_seconds(server.pid) - server_cpu
+            client_cpu = time.process_time() - client_cpu
+            print(
+                f"CPU used: server {server_cpu:.1f} s ({server_cpu / wall:.0%} of one core),"
+                f" client {client_cpu:.1f} s ({client_cpu / wall:.0%}), over {wall:.0f} s"
+            )
+            return status
         finally:
             server.send_signal(signal.SIGTERM)
             try:

@@ -8,7 +8,7 @@ Examples::
     # cluster: keep the Secret current and inject caBundle, every hour
     python -m certs run --in-cluster --cert-dir /tmp/certs --service agentops-webhook \\
         --namespace agentops-system --secret agentops-system/agentops-webhook-tls \\
-        --mutating agentops-admission --validating agentops-admission --interval 3600
+        --mutating agentops-admission --validating agentops-admission --interval 60
 
     python -m certs show --cert-dir ./certs-dir
 """
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_cert_arguments(p)
         add_kube_arguments(p)
         if name == "run":
-            p.add_argument("--interval", type=float, default=3600, help="seconds between checks")
+            p.add_argument("--interval", type=float, default=60, help="seconds between checks")
     show = sub.add_parser("show", help="print SANs and expiry of the certificates in a directory")
     show.add_argument("--cert-dir", type=Path, required=True)
     args = parser.parse_args(argv)

@@ -47,7 +47,8 @@ def inject_ca_bundle(
     """Set ``caBundle`` on the named configurations; returns the ones that were patched.
 
     ``admission_api`` is a ``kubernetes.client.AdmissionregistrationV1Api``.  A configuration
-    that does not exist is an error: the operator installs them before the webhook runs.
+    that does not exist (yet) is skipped with a warning: the webhook may start before the
+    configurations are applied, and the rotation loop injects them on its next cycle.
     """
     patched: list[str] = []
     kinds = (
@@ -58,7 +59,15 @@ def inject_ca_bundle(
     )  # fmt: skip
     for kind, names, read, patch in kinds:
         for name in names:
-            ops = ca_bundle_patch(read(name), ca_bundle_pem)
+            try:
+                current = read(name)
+            except Exception as exc:
+                if getattr(exc, "status", None) != 404:
+                    raise
+                log.warning("webhook configuration not found; caBundle not injected yet",
+                            extra={"kind": kind, "configuration": name})  # fmt: skip
+                continue
+            ops = ca_bundle_patch(current, ca_bundle_pem)
             if not ops:
                 continue
             patch(name, ops, _content_type="application/json-patch+json")

@@ -28,6 +28,7 @@ retried while ``retries`` allow.  Deleting a pipeline withdraws its queued tasks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -163,6 +164,10 @@ class PipelineRunner:
         self._outbox: list[tuple[list[str], list[str]]] = []
         self.results_stream = pipeline_results_stream(self.namespace, self.name)
         self._last_patch: dict[str, Any] | None = None
+        self._status_dirty = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        #: Result entries applied to in-memory state, acknowledged once status holding them is stored.
+        self._to_ack: list[str] = []
         self._submit = self.redis.register_script(SUBMIT_LUA)
 
     @property
@@ -185,7 +190,20 @@ class PipelineRunner:
         await self._load_outputs()
         if self.status.start_time is None:
             self.status.start_time = render.now_precise()
-        await self._advance()
+        # Status is written by a separate task, so a slow API server never delays the next handoff.
+        writer = asyncio.create_task(
+            self._status_writer(), name=f"status-writer {self.namespace}/{self.name}"
+        )
+        try:
+            await self._advance()
+            await self._loop(stopped)
+            await self._write_status()  # the final state is stored before the runner returns
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def _loop(self, stopped: Any) -> None:
         read_from = "0"  # first our own pending entries (unacknowledged before a restart)
         while not stopped and not self.finished:
             try:
@@ -204,14 +222,12 @@ class PipelineRunner:
             entries = reply[0][1] if reply else []
             if read_from == "0" and not entries:
                 read_from = ">"
-            acked: list[str] = []
             for entry_id, fields in entries:
                 await self._apply_result(fields)
-                acked.append(_s(entry_id))
+                # Acknowledged by the status writer once status reflecting it is stored, never before:
+                # a crash in between re-reads the result after the restart.
+                self._to_ack.append(_s(entry_id))
             await self._advance()
-            if acked:
-                # Only now: status reflecting these results is stored, so they are never lost.
-                await self.redis.xack(self.results_stream, RESULT_GROUP, *acked)
 
     def _block_seconds(self) -> float:
         block = MAX_BLOCK_SECONDS
@@ -288,7 +304,7 @@ class PipelineRunner:
             self._condition(True, "AllStepsSucceeded", f"{len(self.steps)} steps succeeded")
             self.status.completion_time = render.now_precise()
         self.status.phase = phase
-        await self._patch()
+        self._status_dirty.set()
 
     def _start(self, step: PipelineStep, retry: bool = False) -> None:
         """Decide a step's next attempt and queue its submission (sent by :meth:`_flush`)."""
@@ -417,6 +433,20 @@ class PipelineRunner:
             )
         )
         self.status.conditions = kept
+
+    async def _status_writer(self) -> None:
+        """Write status whenever it changed, coalescing changes made while a write was in flight."""
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            await self._write_status()
+
+    async def _write_status(self) -> None:
+        async with self._write_lock:
+            acks, self._to_ack = self._to_ack, []
+            await self._patch()
+            if acks:
+                await self.redis.xack(self.results_stream, RESULT_GROUP, *acks)
 
     async def _patch(self) -> None:
         self.status.steps = [self.steps[s.name] for s in self.spec.steps]

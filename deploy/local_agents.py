@@ -15,7 +15,8 @@ It polls each process's ``/readyz`` and patches the Pod's status (phase ``Runnin
 ``Ready``/``ContainersReady``, ``restartCount``), so ReplicaSet and Deployment status - and thus
 the READY column of ``kubectl get agdep`` - come from real processes' readiness.  A process that
 exits is restarted (with back-off, like ``restartPolicy: Always``); a Pod that goes away has its
-process stopped.  A Pod whose Secret does not exist is not started (a kubelet would report
+process stopped (liveness is not probed: a hung process is not restarted, only an exited one).
+A Pod whose Secret does not exist is not started (a kubelet would report
 ``CreateContainerConfigError``); it is retried every few seconds.
 
 The API key: with ``ANTHROPIC_API_KEY`` set, :func:`ensure_api_key_secret` stores it in a Secret

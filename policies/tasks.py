@@ -103,6 +103,19 @@ class Result(BaseModel):
 MAX_PROMPT_BYTES = 1_048_576
 
 
+#: Added to a request's UTF-8 byte count to bound its input tokens (role markers, framing).
+BUDGET_REQUEST_OVERHEAD_TOKENS = 64
+
+
+def reservation_tokens(system_prompt: str, prompt: str, max_tokens: int) -> int:
+    """The most tokens one call can use, which the runtime reserves before calling.
+
+    A BPE token is never shorter than one byte, so UTF-8 bytes of system prompt and prompt plus
+    :data:`BUDGET_REQUEST_OVERHEAD_TOKENS` bound the input; ``max_tokens`` bounds the output.
+    """
+    return len(system_prompt.encode()) + len(prompt.encode()) + BUDGET_REQUEST_OVERHEAD_TOKENS + max_tokens
+
+
 def done_key(namespace: str, agent: str, task_id: str) -> str:
     """Short-lived marker a worker sets, in the same MULTI as the result, once ``task_id`` is finished.
 

@@ -103,6 +103,15 @@ def test_seed_article_pipeline_succeeds_with_output(
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout.strip() == status["output"].strip()
+    watched = subprocess.run(
+        [sys.executable, "-m", "agentops", "pipeline", "watch", "research-then-summarize", "--plain",
+         "-n", namespace, "--kubeconfig", str(control_plane.kubeconfig)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert watched.returncode == 0, watched.stderr
+    assert "Succeeded" in watched.stdout
+    assert "✔ research" in watched.stdout
+    assert "✔ summarize" in watched.stdout
 
 
 def test_independent_steps_run_concurrently(

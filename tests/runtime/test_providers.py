@@ -146,3 +146,19 @@ def test_process_exits_2_with_the_variable_named(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "AGENTOPS_TIMEOUT_SECONDS: Field required" in done.stderr
     assert time.monotonic() - started < 30
+
+
+async def test_taken_http_port_is_a_clear_error(redis_url: str, ns: str) -> None:
+    import socket
+
+    from agent_runtime.worker import Worker
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = make_settings(
+            redis_url, ns, provider="offline", model="offline", http_port=taken.getsockname()[1]
+        )
+        worker = Worker(settings)
+        with pytest.raises(RuntimeError, match="AGENTOPS_HTTP_PORT"):
+            await asyncio.wait_for(worker.run(), 20)

@@ -220,6 +220,23 @@ def test_ca_bundle_is_injected_into_both_configurations(k8s_api: client.ApiClien
             assert all((b.decode() if isinstance(b, bytes) else b) == expected for b in bundles)
         # Idempotent: nothing to patch the second time.
         assert inject_ca_bundle(admission, bundle.trusted_pem, mutating=[name], validating=[name]) == []
+        # A configuration that does not exist yet is skipped, not an error.
+        assert inject_ca_bundle(admission, bundle.trusted_pem, mutating=[f"{name}-missing"]) == []
+        # Re-applied without a caBundle (as the manifests are): the next rotation cycle repairs it.
+        register(admission, configs)
+        manager = CertManager(
+            cert_dir=tmp_path / "certs",
+            hosts=Hosts.local(),
+            admission_api=admission,
+            mutating=[name],
+            validating=[name],
+        )
+        repaired = manager.ensure()
+        hook = (admission.read_validating_webhook_configuration(name).webhooks or [])[0]
+        assert hook.client_config.ca_bundle in (
+            base64.b64encode(repaired.trusted_pem).decode(),
+            repaired.trusted_pem,
+        )
     finally:
         unregister(admission, name)
 

@@ -103,7 +103,8 @@ def test_handshakes_succeed_while_the_certificate_is_rotated(cert_dir: Path) -> 
         )
         assert handshakes > 50
         print(
-            f"{handshakes} handshakes during {len(rotations)} rotations ({served.tls.reloads} reloads), 0 failed"
+            f"{handshakes} handshakes during {len(rotations)} rotations"
+            f" ({served.tls.reloads} reloads), 0 failed"
         )
         last = rotations[-1].serving.certificate.serial_number
         assert _fetch(port, ctx)[0] == last
