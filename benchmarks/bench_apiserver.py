@@ -6,6 +6,8 @@ One run, one control plane (:class:`deploy.controlplane.ControlPlane`), three na
 - ``bench-vap``: a ValidatingAdmissionPolicy with the same ceilings as the sample
   ``org-defaults`` ClusterAgentPolicy, written in CEL (limits mandatory and bounded, replicas,
   model allow-list, prompt size), bound to this namespace only;
+- ``bench-null``: a diagnostic, a mutating + validating webhook that allows everything at once
+  (a bare ASGI app on uvicorn over TLS): what calling any Python webhook twice costs here;
 - ``bench-webhook``: our mutating + validating webhook (``python -m webhook``, one worker, real
   TLS, registered with ``--register-url`` and scoped to this namespace by label), enforcing the
   ``org-defaults`` ClusterAgentPolicy from its watch cache.
@@ -44,9 +46,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 GROUP_PATH = "/apis/agentops.agentops.io/v1alpha1"
 WEBHOOK_LABEL = ("agentops.agentops.io/bench-webhook", "true")
+NULL_LABEL = ("agentops.agentops.io/bench-null", "true")
 VAP_LABEL = ("agentops.agentops.io/bench-vap", "true")
-VARIANTS = ("neither", "vap", "webhook")
-NAMESPACES = {"neither": "bench-none", "vap": "bench-vap", "webhook": "bench-webhook"}
+VARIANTS = ("neither", "vap", "webhook", "null-hook")
+NAMESPACES = {
+    "neither": "bench-none",
+    "vap": "bench-vap",
+    "webhook": "bench-webhook",
+    "null-hook": "bench-null",
+}
 
 #: The ceilings of deploy/samples/org-defaults.yaml, in CEL.
 _ORG = "set by ClusterAgentPolicy/org-defaults"
@@ -200,11 +208,80 @@ def apiserver_webhook_view(http: httpx.Client) -> str:
         for suffix, target in (("_sum{", sums), ("_count{", counts)):
             if line.startswith("apiserver_admission_webhook_admission_duration_seconds" + suffix):
                 name = line.split('name="')[1].split('"')[0]
-                if "agentops-bench" in line or "agentops.agentops.io" in name:
+                if name.endswith("agentops.agentops.io") and not name.startswith("cluster-"):
                     target[name] = target.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return "; ".join(
         f"{name}: mean {sums[name] / counts[name] * 1000:.2f} ms" for name in sorted(sums) if counts.get(name)
     )
+
+
+async def _null_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI webhook that allows every request at once: the floor of any Python webhook."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    uid = json.loads(body)["request"]["uid"]
+    answer = json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {"uid": uid, "allowed": True},
+        }
+    ).encode()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": answer})
+
+
+def serve_null_hook(port: int, cert_dir: Path) -> None:
+    import uvicorn
+
+    deadline = time.monotonic() + 60
+    while not (cert_dir / "tls.crt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the real webhook creates the certificates; share them
+    config = uvicorn.Config(
+        _null_app,
+        host="127.0.0.1",
+        port=port,
+        ssl_certfile=str(cert_dir / "tls.crt"),
+        ssl_keyfile=str(cert_dir / "tls.key"),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    uvicorn.Server(config).run()
+
+
+def register_null_hook(kubeconfig: Path, port: int, cert_dir: Path) -> None:
+    from kubernetes import client
+
+    from certs.kube import api_client
+    from webhook.registration import ClientConfig, configurations, register
+
+    deadline = time.monotonic() + 60
+    while not (cert_dir / "ca.crt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    config = ClientConfig(url=f"https://127.0.0.1:{port}", ca_bundle=(cert_dir / "ca.crt").read_bytes())
+    admission = client.AdmissionregistrationV1Api(api_client(kubeconfig))
+    configs = configurations(config, name="agentops-bench-null", scope_label=NULL_LABEL)
+    for item in configs:
+        for hook in item["webhooks"]:
+            # Own names, so kube-apiserver's per-webhook metrics tell the two apart.
+            hook["name"] = f"null-{hook['name']}"
+    register(admission, configs)
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("null webhook did not start")
 
 
 def free_port() -> int:
@@ -223,7 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=300, help="creates per variant")
     parser.add_argument("--warmup", type=int, default=30, help="creates per variant not measured")
+    parser.add_argument("--null-serve", type=int, help=argparse.SUPPRESS)  # internal: the null webhook
+    parser.add_argument("--cert-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.null_serve:
+        serve_null_hook(args.null_serve, args.cert_dir)
+        return 0
 
     from deploy.controlplane import ControlPlane
     from deploy.crds import CRD_DIR
@@ -235,14 +317,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("starting the control plane ...", file=sys.stderr)
         plane.start(timeout=180, crds=crds)
         webhook: subprocess.Popen[bytes] | None = None
+        null_hook: subprocess.Popen[bytes] | None = None
         try:
             http = api_http(plane.kubeconfig)
             for variant, ns in NAMESPACES.items():
-                labels = {"webhook": dict([WEBHOOK_LABEL]), "vap": dict([VAP_LABEL])}.get(variant, {})
+                by_variant = {
+                    "webhook": dict([WEBHOOK_LABEL]),
+                    "vap": dict([VAP_LABEL]),
+                    "null-hook": dict([NULL_LABEL]),
+                }
                 namespace = {
                     "apiVersion": "v1",
                     "kind": "Namespace",
-                    "metadata": {"name": ns, "labels": labels},
+                    "metadata": {"name": ns, "labels": by_variant.get(variant, {})},
                 }
                 must(post(http, "/api/v1/namespaces", namespace))
             policy = yaml.safe_load((REPO / "deploy" / "samples" / "org-defaults.yaml").read_text())
@@ -260,6 +347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "--log-level", "WARNING"],
                 cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
             )  # fmt: skip
+            null_port = free_port()
+            null_hook = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.bench_apiserver", "--null-serve", str(null_port),
+                 "--cert-dir", str(workdir / "certs")],
+                cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            register_null_hook(plane.kubeconfig, null_port, workdir / "certs")
             wait_until_denied(http, NAMESPACES["vap"])
             wait_until_denied(http, NAMESPACES["webhook"])
             print("policies in force; measuring", file=sys.stderr)
@@ -267,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             latencies: dict[str, list[float]] = {v: [] for v in VARIANTS}
             total = args.warmup + args.iterations
             for i in range(total):
-                order = VARIANTS[i % 3 :] + VARIANTS[: i % 3]
+                order = VARIANTS[i % len(VARIANTS) :] + VARIANTS[: i % len(VARIANTS)]
                 for variant in order:
                     path = f"{GROUP_PATH}/namespaces/{NAMESPACES[variant]}/agentdeployments"
                     body = json.dumps(agent(f"agent-{i}"))
@@ -303,19 +397,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             ratio = statistics.median(latencies["webhook"]) / base_median
             vap_ratio = statistics.median(latencies["vap"]) / base_median
+            null_ratio = statistics.median(latencies["null-hook"]) / base_median
+            print(
+                f"\nnull-hook/neither = {null_ratio:.2f}: the cost of any two Python webhook calls on this"
+                " machine (a uvicorn app that allows everything at once), our policy work excluded"
+            )
             print(f"\nwebhook/neither = {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'NOT met'}); "
                   f"vap/neither = {vap_ratio:.2f}; webhook/vap = {ratio / vap_ratio:.2f}")  # fmt: skip
             load = " ".join(f"{x:.1f}" for x in os.getloadavg())
             print(f"(machine: {os.cpu_count()} CPUs shared with whatever else runs; load average now {load})")
             return 0
         finally:
-            if webhook is not None:
-                webhook.send_signal(signal.SIGTERM)
+            for process in (webhook, null_hook):
+                if process is None:
+                    continue
+                process.send_signal(signal.SIGTERM)
                 try:
-                    webhook.wait(timeout=15)
+                    process.wait(timeout=15)
                 except subprocess.TimeoutExpired:
-                    webhook.kill()
-                    webhook.wait()
+                    process.kill()
+                    process.wait()
             plane.stop()
 
 

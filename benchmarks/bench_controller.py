@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -170,12 +171,27 @@ def bench_convergence(kubeconfig: Path, api: client.ApiClient, ns: str, agents: 
             if a["metadata"]["name"].startswith("fleet-") and (a.get("status") or {}).get("replicas") == 1
         )
 
+    # Per agent: Deployment creation - agent creation (API server timestamps, 1 s resolution).
+    listed_agents: Any = custom.list_namespaced_custom_object(GROUP, VERSION, ns, "agentdeployments")
+    created = {a["metadata"]["name"]: a["metadata"]["creationTimestamp"] for a in listed_agents["items"]}
+    listed_deps: Any = apps.list_namespaced_deployment(ns)
+    lags = sorted(
+        (
+            d.metadata.creation_timestamp
+            - datetime.fromisoformat(created[d.metadata.name].replace("Z", "+00:00"))
+        ).total_seconds()
+        for d in listed_deps.items
+        if d.metadata.name.startswith("fleet-")
+    )
     wait(lambda: statuses() >= agents, f"{agents} agent statuses", 600)
     return {
         "agents": agents,
+        "deployment_lag_s_p50": percentile(lags, 50),
+        "deployment_lag_s_max": max(lags),
         "kubectl_apply_s": round(applied, 2),
         "all_deployments_s": round(all_deployments, 2),
         "all_status_replicas_s": round(time.monotonic() - started, 2),
+        "note": "status.replicas waits for kube-controller-manager (ReplicaSets, Pods; its API QPS limit)",
     }
 
 

@@ -2,7 +2,7 @@
 
 Leader election is kopf peering: every replica runs, the one with the highest priority acts,
 the others stand by (``--peering``; the KopfPeering/ClusterKopfPeering CRDs ship in
-``deploy/manifests/kopf-peering-crds.yaml``).  ``--standalone`` disables it for a single local
+``deploy/manifests/controller-peering.yaml``).  ``--standalone`` disables it for a single local
 process.  ``--liveness http://0.0.0.0:8080/healthz`` serves kopf's health endpoint.
 """
 
@@ -15,9 +15,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-import kopf
-
-from controller.context import ControllerConfig
 from controller.render import DEFAULT_RUNTIME_IMAGE, RenderOptions
 from policies.models import SecretKeyRef
 
@@ -98,8 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.default_api_key_secret:
         name, _, key = args.default_api_key_secret.partition("/")
         default_secret = SecretKeyRef(name=name, key=key or "api-key")
-    # Imported here so CONFIG is set before any handler runs.
+    # Imported only now: the kubernetes client reads $KUBECONFIG when it is first imported, and
+    # CONFIG must be set before any handler runs.
+    import kopf
+
     from controller import handlers
+    from controller.context import ControllerConfig
 
     handlers.CONFIG = ControllerConfig(
         namespaces=tuple(args.namespace),
@@ -116,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     kopf.configure(verbose=args.verbose)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if not args.verbose:
+        # kopf reports every handler and timer run at INFO: thousands of lines a minute at scale.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     handlers.PEERING_LIFETIME = args.peering_lifetime
     kopf.run(
         standalone=args.standalone,

@@ -16,6 +16,8 @@ under ``controller.agentops.io/``, never in ``status``, whose schema is ours.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import copy
 import logging
 import time
@@ -48,13 +50,19 @@ def context() -> Context:
     return _context
 
 
+#: Threads for blocking Kubernetes calls, and HTTP connections kept to the API server: enough that
+#: a burst of agents (hundreds applied at once) is not serialised behind a handful of threads.
+API_THREADS = 16
+
+
 def _api_client() -> client.ApiClient:
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        api: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
-        return api
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = API_THREADS
+    return client.ApiClient(configuration)
 
 
 @kopf.on.startup()
@@ -71,6 +79,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     # Redis connections: one per blocked pipeline reader plus a few; no hard cap so pipelines never starve.
     redis = Redis.from_url(CONFIG.redis_url, decode_responses=False, health_check_interval=30)
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube")
+    )
     _context = Context(config=CONFIG, kube=Kube(_api_client()), redis=redis)
     logger.info(
         "controller started: namespaces=%s redis=%s offline_fallback=%s",
@@ -108,6 +119,9 @@ async def agent_event(event: Any, body: Any, namespace: str | None, name: str, *
     )
     ctx.agent_bodies[key] = plain
     if ctx.reconciled.get(key) != agents.reconcile_key(plain):
+        logger.info(
+            "reconciling agent %s/%s (generation %s)", namespace, name, plain["metadata"].get("generation")
+        )
         await agents.reconcile(ctx, plain, full=True)
 
 

@@ -18,18 +18,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from deploy.controlplane import ControlPlane
 from deploy.local_agents import run_local_agents
 
-T = TypeVar("T")
 
-
-def wait_for(probe: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.1) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` and the last value."""
+def wait_for(probe: Callable[[], Any], what: str, timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Poll ``probe`` until it returns something truthy, and return that; fail naming ``what``."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

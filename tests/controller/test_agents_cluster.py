@@ -42,7 +42,7 @@ spec:
 """
 
 
-def agdep(kubectl: Kubectl, name: str) -> dict[str, Any]:
+def agdep(kubectl: Kubectl, name: str) -> Any:
     return kubectl.json("get", "agdep", name)
 
 
@@ -68,7 +68,8 @@ def test_seed_agent_gets_children_and_ready_status_from_real_processes(
     local_agents: None,
 ) -> None:
     kubectl("apply", "-f", "-", input=SEED_AGENT)
-    apps, core = client.AppsV1Api(k8s_api), client.CoreV1Api(k8s_api)
+    apps: Any = client.AppsV1Api(k8s_api)
+    core: Any = client.CoreV1Api(k8s_api)
     wait_for(lambda: exists(core.read_namespaced_service, "research-agent-metrics", namespace), "children")
     deployment = apps.read_namespaced_deployment("research-agent", namespace)
     env = {e.name: e for e in deployment.spec.template.spec.containers[0].env}
@@ -120,7 +121,8 @@ def test_deleted_deployment_comes_back_and_deleting_the_agent_removes_its_childr
     kubectl: Kubectl, k8s_api: client.ApiClient, namespace: str, controller: ControllerProcess
 ) -> None:
     kubectl("apply", "-f", "-", input=SMALL_AGENT.format(name="helper", replicas=1))
-    apps, core = client.AppsV1Api(k8s_api), client.CoreV1Api(k8s_api)
+    apps: Any = client.AppsV1Api(k8s_api)
+    core: Any = client.CoreV1Api(k8s_api)
     wait_for(lambda: exists(apps.read_namespaced_deployment, "helper", namespace), "Deployment")
     first_uid = apps.read_namespaced_deployment("helper", namespace).metadata.uid
 

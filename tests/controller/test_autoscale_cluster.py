@@ -45,7 +45,7 @@ def replicas(k8s_api: client.ApiClient, namespace: str, name: str) -> tuple[int,
         "agentops.agentops.io", "v1alpha1", namespace, "agentdeployments", name
     )
     try:
-        deployment = client.AppsV1Api(k8s_api).read_namespaced_deployment(name, namespace)
+        deployment: Any = client.AppsV1Api(k8s_api).read_namespaced_deployment(name, namespace)
     except ApiException:
         return agent["spec"]["replicas"], -1
     return agent["spec"]["replicas"], deployment.spec.replicas
@@ -58,7 +58,7 @@ def test_backlog_scales_up_within_the_policy_ceiling_and_an_empty_queue_scales_d
     kubectl("apply", "-f", "-", input=SCALED_AGENT.format(name="elastic", engine="builtin"))
     wait_for(lambda: replicas(k8s_api, namespace, "elastic") == (1, 1), "the initial replica")
 
-    r = redis.Redis.from_url(redis_url)
+    r: Any = redis.Redis.from_url(redis_url)
     for i in range(20):  # desired = ceil(20 / 2) = 10, spec max 5, policy max 3
         r.xadd(task_stream(namespace, "elastic"), {"task_id": f"t{i}", "prompt": "p", "reply_to": "x"})
     wait_for(lambda: replicas(k8s_api, namespace, "elastic") == (3, 3), "scale-up to the policy ceiling of 3")
@@ -69,11 +69,12 @@ def test_backlog_scales_up_within_the_policy_ceiling_and_an_empty_queue_scales_d
 
     r.delete(task_stream(namespace, "elastic"))
     seen: list[tuple[int, int]] = []
-    wait_for(
-        lambda: seen.append(replicas(k8s_api, namespace, "elastic")) or seen[-1] == (1, 1),
-        "scale-down to minReplicas after the cool-down",
-        timeout=30,
-    )
+
+    def scaled_down() -> bool:
+        seen.append(replicas(k8s_api, namespace, "elastic"))
+        return seen[-1] == (1, 1)
+
+    wait_for(scaled_down, "scale-down to minReplicas after the cool-down", timeout=30)
     assert max(a for a, _ in seen) <= 3
 
 

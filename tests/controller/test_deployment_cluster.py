@@ -103,7 +103,7 @@ def test_least_privilege_controller_with_leader_election_and_failover(
         # The standby pauses behind the higher-priority leader (both may act for a moment at a
         # simultaneous start, until each has seen the other's peering record).
         wait_for(lambda: paused(standby.output()), "the standby to pause in favour of the leader")
-        assert "Handler 'agent_event'" in leader.output()
+        assert "reconciling agent" in leader.output()
         at_kill = len(standby.output())
         warnings = kubectl.json("get", "events", "--field-selector", "type=Warning")["items"]
         assert not [e["message"] for e in warnings if "forbidden" in e["message"].lower()]

@@ -38,7 +38,7 @@ def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def test_environment_is_exactly_the_runtime_contract_with_every_limit_and_budget() -> None:
     a = agent(credentials={"secretRef": {"name": "anthropic", "key": "key"}})
-    env = env_of(rendered(a, budget=Budget(tokens=1000, costUSD=5, period="day", scope="Agent")))
+    env = env_of(rendered(a, budget=Budget(tokens=1000, cost_usd=5, period="day", scope="Agent")))
     plain = {k: v for k, v in env.items() if isinstance(v, str)}
     config = RuntimeConfig.from_env(plain)
     assert (config.max_tokens_per_call, config.max_concurrent_tasks, config.timeout_seconds) == (8000, 5, 120)

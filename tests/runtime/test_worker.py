@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from agent_runtime.worker import Worker
-from deploy import _process
 from deploy.local_redis import RedisServer
 from policies.prices import PriceTable
 from policies.tasks import (
@@ -320,23 +318,7 @@ async def test_grace_period_over_leaves_the_task_pending(
     assert (await rdb.xpending(task_stream(ns, "agent"), CONSUMER_GROUP))["pending"] == 1
 
 
-def _port_is_free_reusing_time_wait(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server itself binds
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-async def test_redis_down_and_back(
-    redis_server: RedisServer, redis_url: str, ns: str, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Connections Redis closed on shutdown leave TIME_WAIT sockets on its port; redis-server binds
-    # with SO_REUSEADDR and does not mind, but deploy._process.port_is_free (no SO_REUSEADDR) would
-    # refuse the restart for a minute.
-    monkeypatch.setattr(_process, "port_is_free", _port_is_free_reusing_time_wait)
+async def test_redis_down_and_back(redis_server: RedisServer, redis_url: str, ns: str, llm: FakeLLM) -> None:
     settings = make_settings(redis_url, ns, provider="offline", model="offline")
     rdb = aioredis.Redis.from_url(redis_url)
     try:

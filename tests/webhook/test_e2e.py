@@ -12,19 +12,34 @@ for that with a server-side dry run (which, as a test below shows, stores nothin
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
 
+from certs.authority import Hosts
+from certs.rotation import CertManager
+from certs.store import SecretRef
 from tests.support.kubectl import Kubectl
-from tests.webhook.conftest import SCOPE_LABEL, WebhookProcess, label_namespace, start_webhook, stop_webhook
+from tests.webhook.conftest import (
+    SCOPE_LABEL,
+    WebhookProcess,
+    free_port,
+    label_namespace,
+    start_webhook,
+    stop_webhook,
+)
+from webhook.registration import ClientConfig, configurations, register, unregister
 
 API_VERSION = "agentops.agentops.io/v1alpha1"
 PREFIX = "agentops.agentops.io/"
@@ -409,3 +424,85 @@ def test_rotated_certificates_keep_admissions_working(
     finally:
         cluster_kubectl("delete", "clusteragentpolicy", name, "--ignore-not-found", "--wait=false")
         stop_webhook(hook, k8s_api)
+
+
+# --- cluster mode: certificates in a Secret, caBundle injected into existing configurations -------------
+
+SECRET_MODE_LABEL = ("agentops.agentops.io/test-webhook-secret", "true")
+
+
+def test_secret_mode_fills_the_secret_injects_the_ca_bundle_and_admits(
+    control_plane: Any, k8s_api: client.ApiClient, namespace: str, cluster_kubectl: Kubectl, tmp_path: Path
+) -> None:
+    """The in-cluster flow, minus the pod: configurations applied without caBundle (as the manifests
+    are), an empty Secret, then ``python -m webhook --secret ... --mutating ... --validating ...``."""
+    core = client.CoreV1Api(k8s_api)
+    admission = client.AdmissionregistrationV1Api(k8s_api)
+    core.create_namespaced_secret(
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="webhook-tls"), type="Opaque")
+    )
+    port = free_port()
+    name = f"agentops-secret-{namespace[-8:]}"
+    register(admission, configurations(ClientConfig(url=f"https://127.0.0.1:{port}"), name=name,
+                                       scope_label=SECRET_MODE_LABEL))  # fmt: skip
+    cert_dir = tmp_path / "certs"
+    argv = [
+        sys.executable, "-m", "webhook", "--kubeconfig", str(control_plane.kubeconfig), "--port", str(port),
+        "--cert-dir", str(cert_dir), "--secret", f"{namespace}/webhook-tls",
+        "--mutating", name, "--validating", name,
+    ]  # fmt: skip
+    log_file = tmp_path / "webhook.log"
+    with log_file.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    kubectl = cluster_kubectl.in_namespace(namespace)
+    policy_name = f"org-{namespace}"
+    try:
+        deadline = time.monotonic() + 60
+        while not (cert_dir / "ca.crt").exists():
+            assert process.poll() is None, log_file.read_text()
+            assert time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.2)
+        hook_process = WebhookProcess(f"https://127.0.0.1:{port}", cert_dir, log_file, name, process)
+        while True:  # ready = the policy cache has synced; before that it denies everything
+            try:
+                with hook_process.client(timeout=2) as http:
+                    if http.get("/readyz").status_code == 200:
+                        break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.2)
+        stored = core.read_namespaced_secret("webhook-tls", namespace).data or {}
+        assert set(stored) >= {"ca.crt", "tls.crt", "tls.key", "ca-signer.crt", "ca-signer.key"}
+        assert stored["ca.crt"] == base64.b64encode((cert_dir / "ca.crt").read_bytes()).decode()
+        for config in (
+            admission.read_mutating_webhook_configuration(name),
+            admission.read_validating_webhook_configuration(name),
+        ):
+            for hook in config.webhooks or []:
+                assert hook.client_config.ca_bundle in (stored["ca.crt"], (cert_dir / "ca.crt").read_bytes())
+        label_namespace(k8s_api, namespace, SECRET_MODE_LABEL)
+        defaults = {
+            "maxTokensPerCall": {"default": DEFAULT_TOKENS},
+            "maxConcurrentTasks": {"default": 2},
+            "timeoutSeconds": {"default": 60},
+        }
+        policy = cluster_policy(policy_name, namespace, limits=defaults)
+        policy["metadata"]["labels"] = {SECRET_MODE_LABEL[0]: SECRET_MODE_LABEL[1]}
+        cluster_kubectl("apply", "-f", "-", input=dump(policy))
+        wait_for_default(kubectl, DEFAULT_TOKENS)
+        # A second replica started later adopts the same bundle from the Secret.
+        secret = SecretRef(namespace, "webhook-tls")
+        second = CertManager(
+            cert_dir=tmp_path / "replica-2", hosts=Hosts.local(), secret=secret, core_v1=core
+        )
+        assert second.ensure().serving.cert_pem == (cert_dir / "tls.crt").read_bytes()
+    finally:
+        cluster_kubectl("delete", "clusteragentpolicy", policy_name, "--ignore-not-found", "--wait=false")
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        unregister(admission, name)
