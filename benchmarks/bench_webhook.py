@@ -6,9 +6,12 @@ sample org-defaults policy plus ``--policies`` more matching ClusterAgentPolicie
 is never on the request path, so a cluster adds nothing per request).
 
 Client: this process, asyncio, raw HTTP/1.1 on a pool of keep-alive TLS connections (as the API
-server keeps connections to a webhook).  Open loop: request *i* is due at ``t0 + i/rate`` whether
-or not earlier ones have finished, and its latency is measured from that due time, so a server
-that falls behind shows it in p99 (no coordinated omission).
+server keeps connections to a webhook).  Open loop: request *i* is dispatched at ``t0 + i/rate``
+whether or not earlier ones have finished, and its latency runs from dispatch, including any wait
+for a free connection, so a server that falls behind shows it in p99 (no coordinated omission).
+The dispatcher's own lateness (event-loop timers have millisecond granularity) is printed
+separately, as it is the client's, not the server's.  First, a closed-loop run on one connection
+gives the capacity.
 
 Each rate runs two phases: the baseline, ``GET /healthz`` at that rate over the same connections,
 TLS and server; then AdmissionReviews at that rate in total, alternating ``/mutate`` and

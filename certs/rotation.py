@@ -117,15 +117,30 @@ class CertManager:
         while not stop.wait(interval):
             try:
                 self.ensure()
-            except Exception:
+            except Exception as exc:
                 # The current certificate stays in use; the next cycle retries.
-                log.exception("certificate rotation cycle failed")
+                log.error("certificate rotation cycle failed; retrying next cycle", extra=describe_error(exc))
 
     def start(self, interval: float) -> tuple[threading.Thread, threading.Event]:
         stop = threading.Event()
         thread = threading.Thread(target=self.run, args=(interval, stop), name="cert-rotation", daemon=True)
         thread.start()
         return thread, stop
+
+
+def describe_error(exc: BaseException) -> dict[str, Any]:
+    """What to log about a failure: an API error's status and reason, never its body.
+
+    The body of a failed Secret request may echo what was sent (key material); a network or
+    file error's message is safe and says what went wrong.
+    """
+    if hasattr(exc, "body") and hasattr(exc, "status"):
+        return {
+            "error_type": type(exc).__name__,
+            "status": exc.status,
+            "reason": getattr(exc, "reason", None),
+        }
+    return {"error_type": type(exc).__name__, "error": str(exc)}
 
 
 def _safe_load_dir(directory: Path) -> CertBundle | None:

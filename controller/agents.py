@@ -40,6 +40,7 @@ logger = logging.getLogger("controller.agents")
 PLURAL = "agentdeployments"
 KEDA_CRD = "scaledobjects.keda.sh"
 APPLY_RETRY_SECONDS = 5.0
+SECRET_TTL_SECONDS = 5.0
 
 
 def api_message(exc: ApiException) -> str:
@@ -110,12 +111,10 @@ async def _reconcile_locked(
     secret = named or options.default_secret
     secret_exists: bool | None = None
     if wanted != "offline" and secret is not None:
-        try:
-            secret_exists = await _call(ctx.kube.secret_exists, namespace, secret.name)
-        except ApiException as exc:
-            logger.warning("cannot read Secret %s/%s: %s", namespace, secret.name, exc.reason)
-            secret_exists = False
+        secret_exists = await _secret_exists(ctx, namespace, secret.name)
     decision = render.decide_provider(agent, secret_exists, options)
+    if ctx.rendered_provider.get(key) != decision.display:
+        full = True  # a Secret appeared or vanished: the pods' environment changes
     config = render.runtime_config(agent, decision, options, view.budget, dict(view.limit_defaults))
 
     deployment = ctx.deployments.get(key)
@@ -140,6 +139,7 @@ async def _reconcile_locked(
         await _keda(ctx, agent, conditions)
         ctx.last_full[key] = time.monotonic()
         ctx.reconciled[key] = reconcile_key(body)
+        ctx.rendered_provider[key] = decision.display
         status["observedGeneration"] = agent.metadata.generation
 
     sha = revisions.prompt_sha256(agent.spec.system_prompt)
@@ -170,6 +170,21 @@ async def _reconcile_locked(
     status["conditions"] = conditions.items
     await _patch_status_if_changed(ctx, body, status)
     await _autoscale(ctx, body, agent, view)
+
+
+async def _secret_exists(ctx: Context, namespace: str, name: str) -> bool:
+    """Whether a Secret exists, cached for SECRET_TTL_SECONDS (agents often share one Secret)."""
+    now = time.monotonic()
+    cached = ctx.secrets.get((namespace, name))
+    if cached is not None and now - cached[1] < SECRET_TTL_SECONDS:
+        return cached[0]
+    try:
+        exists = bool(await _call(ctx.kube.secret_exists, namespace, name))
+    except ApiException as exc:
+        logger.warning("cannot check Secret %s/%s: %s", namespace, name, api_message(exc))
+        exists = False
+    ctx.secrets[(namespace, name)] = (exists, now)
+    return exists
 
 
 def reconcile_key(body: dict[str, Any]) -> tuple[Any, ...]:

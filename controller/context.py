@@ -54,6 +54,10 @@ class Context:
     reconciled: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     last_full: dict[tuple[str, str], float] = field(default_factory=dict)
     last_refresh: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: The provider each agent's Deployment was last rendered with; a change forces a full reconcile.
+    rendered_provider: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (namespace, Secret) -> (exists, monotonic time checked): one API call per Secret per TTL.
+    secrets: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
     #: Latest body of each agent from the watch (status refreshes read this, not the API).
     agent_bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
@@ -74,6 +78,7 @@ class Context:
             self.reconciled,
             self.last_full,
             self.last_refresh,
+            self.rendered_provider,
             self._locks,
         ):
             cache.pop(key, None)

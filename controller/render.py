@@ -51,7 +51,8 @@ PROMPT_VOLUME = "prompt"
 FALLBACK_LIMITS = {"max_tokens_per_call": 4000, "max_concurrent_tasks": 2, "timeout_seconds": 60}
 #: Non-root uid/gid of the runtime image.
 RUNTIME_UID = 10001
-DEFAULT_RUNTIME_IMAGE = "ghcr.io/agentops/agent-runtime:0.1.0"
+#: One image for every component (deploy/Dockerfile); the pod command picks the runtime.
+DEFAULT_RUNTIME_IMAGE = "agentops-operator:0.1.0"
 
 
 @dataclass(frozen=True, slots=True)

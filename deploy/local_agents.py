@@ -19,9 +19,11 @@ process stopped (liveness is not probed: a hung process is not restarted, only a
 A Pod whose Secret does not exist is not started (a kubelet would report
 ``CreateContainerConfigError``); it is retried every few seconds.
 
-The API key: with ``ANTHROPIC_API_KEY`` set, :func:`ensure_api_key_secret` stores it in a Secret
-the controller uses for agents that name none (``--default-api-key-secret``); without it the
-controller runs such agents on the offline provider (``--offline-fallback``) and says so.
+The API key: with ``ANTHROPIC_API_KEY`` set, the launcher keeps it in Secret ``anthropic-api-key``
+in every namespace that has agents (:func:`ensure_api_key_secret`); the controller, run with
+``--default-api-key-secret anthropic-api-key``, gives it to agents that name no Secret, and they
+use Claude.  Without it the controller (``--offline-fallback``) runs them on the offline provider
+and says so in ``status.effectiveProvider``.
 
 Use :func:`run_local_agents` (blocking; stop it by setting the ``threading.Event``) or
 ``python -m deploy.local_agents --kubeconfig KUBECONFIG [--namespace NS] [--workdir DIR]``.
@@ -51,7 +53,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from deploy import _kube
-from policies.models import LABEL_AGENT
+from policies.models import GROUP, LABEL_AGENT, VERSION
 
 logger = logging.getLogger("deploy.local_agents")
 
@@ -124,8 +126,30 @@ class Launcher:
         self.workdir = workdir
         self.python = python
         self.replicas: dict[str, Replica] = {}
+        self.custom = client.CustomObjectsApi(api)
+        self.api = api
+        #: Namespaces that already hold the API key Secret (only with ANTHROPIC_API_KEY set).
+        self.keyed_namespaces: set[str] = set()
 
     # --- the loop ---------------------------------------------------------------------------
+
+    def ensure_api_key_secrets(self) -> None:
+        """With ANTHROPIC_API_KEY set: the key Secret in every namespace that has agents."""
+        if not os.environ.get("ANTHROPIC_API_KEY"):
+            return
+        listed: Any
+        if self.namespace:
+            listed = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "agentdeployments"
+            )
+        else:
+            listed = self.custom.list_cluster_custom_object(GROUP, VERSION, "agentdeployments")
+        for item in listed.get("items", []):
+            ns = item["metadata"]["namespace"]
+            if ns not in self.keyed_namespaces:
+                ensure_api_key_secret(self.api, ns)
+                self.keyed_namespaces.add(ns)
+                logger.info("stored ANTHROPIC_API_KEY in Secret %s/%s", ns, API_KEY_SECRET)
 
     def sync(self) -> None:
         pods: Any
@@ -368,6 +392,7 @@ def run_local_agents(
     try:
         while not stop.is_set():
             try:
+                launcher.ensure_api_key_secrets()
                 launcher.sync()
             except (ApiException, OSError) as exc:  # API server restarting: try again shortly
                 logger.warning("local agents: %s", exc)
@@ -381,25 +406,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.local_agents", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--kubeconfig", type=Path, required=True)
-    parser.add_argument("--namespace", help="only this namespace (default: all)")
-    parser.add_argument("--workdir", type=Path, default=Path(".local/agents"))
+    state = os.environ.get("AGENTOPS_STATE_DIR")
     parser.add_argument(
-        "--api-key-secret-namespace",
-        action="append",
-        default=[],
-        help=f"with ANTHROPIC_API_KEY set, create Secret {API_KEY_SECRET!r} in this namespace (repeatable)",
+        "--kubeconfig",
+        type=Path,
+        default=os.environ.get("KUBECONFIG"),
+        required=not os.environ.get("KUBECONFIG"),
+        help="default: $KUBECONFIG",
+    )
+    parser.add_argument("--namespace", help="only this namespace (default: all)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(state) / "agents" if state else Path(".local/agents"),
+        help="per-pod directories and logs (default: $AGENTOPS_STATE_DIR/agents)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s local-agents %(levelname)s %(message)s")
     if os.environ.get("ANTHROPIC_API_KEY"):
-        api = _kube.api_client(args.kubeconfig)
-        for ns in args.api_key_secret_namespace:
-            ensure_api_key_secret(api, ns)
-        api.close()  # type: ignore[no-untyped-call]
-        logger.info("ANTHROPIC_API_KEY is set: agents use Claude through Secret %r", API_KEY_SECRET)
+        logger.info(
+            "ANTHROPIC_API_KEY is set: Secret %r is kept in every namespace with agents; run the controller "
+            "with --default-api-key-secret %s and agents use Claude",
+            API_KEY_SECRET,
+            API_KEY_SECRET,
+        )
     else:
-        logger.info("no ANTHROPIC_API_KEY: agents without a Secret run on the offline provider")
+        logger.info(
+            "no ANTHROPIC_API_KEY: agents without a Secret run on the offline provider "
+            "(the controller runs with --offline-fallback and shows it in status.effectiveProvider)"
+        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -92,7 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.register_url:
         args.mutating, args.validating = [], []
     manager = manager_from_args(args)
-    bundle = manager.ensure()
+    try:
+        bundle = manager.ensure()
+    except Exception as exc:
+        status = getattr(exc, "status", None)
+        if status not in (401, 403, 404):
+            raise
+        hint = {
+            404: f"Secret {args.secret} does not exist: create it empty (deploy/manifests/webhook.yaml does);"
+            " the webhook may only get and update it",
+            403: "forbidden: the webhook's RBAC (deploy/manifests/rbac-webhook.yaml) must allow get/update on"
+            f" Secret {args.secret} and get/patch on the webhook configurations",
+            401: "unauthorized: check --kubeconfig or the pod's service account token",
+        }[status]
+        print(f"error: cannot set up certificates: {hint}", file=sys.stderr)
+        return 1
     if args.register_url:
         client_config = ClientConfig(url=args.register_url, ca_bundle=bundle.trusted_pem)
         register(

@@ -23,8 +23,10 @@ import dataclasses
 import json
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI, Request, Response
@@ -88,6 +90,19 @@ def _resource_of(payload: Any) -> tuple[str, str]:
         return (f"{resource}/{sub}" if sub else resource), str(req.get("operation", ""))
     except (KeyError, TypeError, AttributeError):
         return "other", "other"
+
+
+def _where(exc: BaseException) -> dict[str, Any]:
+    """An exception's type and stack (file:line function), but not its message.
+
+    Messages of validation errors quote the offending input, which may be a system prompt; the
+    type and the frames say where it failed without putting object contents into the logs.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    return {
+        "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "stack": [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[-8:]],
+    }
 
 
 def _uid_of(payload: Any) -> str | None:
@@ -190,10 +205,12 @@ def create_app(
             return _bad_request(f"request body exceeds {MAX_BODY_BYTES} bytes")
         try:
             return handle(endpoint, body, started)
-        except Exception:
+        except Exception as exc:
             # Last line of defence (e.g. a logging or metrics failure): never a 500 to the API
             # server, always an answer it can show the user.
-            log.exception("unexpected failure in the admission handler", extra={"endpoint": endpoint})
+            log.error(
+                "unexpected failure in the admission handler", extra={"endpoint": endpoint, **_where(exc)}
+            )
             try:
                 uid = _uid_of(json.loads(body))
             except (ValueError, RecursionError):
@@ -215,10 +232,12 @@ def create_app(
         except MalformedReview as exc:
             metrics.observe(endpoint, resource, operation, "malformed", time.perf_counter() - started)
             return _bad_request(str(exc))
-        except Exception:
+        except Exception as exc:
             # A request the parser should have classified but crashed on: fail closed if we can
             # answer (we know the uid), otherwise it is malformed from where we stand.
-            log.exception("AdmissionReview parsing failed", extra={"uid": uid, "endpoint": endpoint})
+            log.error(
+                "AdmissionReview parsing failed", extra={"uid": uid, "endpoint": endpoint, **_where(exc)}
+            )
             metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
             if uid is None:
                 return _bad_request("AdmissionReview could not be parsed and has no request.uid")
@@ -245,10 +264,16 @@ def create_app(
                 " and matching policies select on its labels; retry the request"
             )
             return _json(200, _deny(review.uid, message, code=503))
-        except Exception:
-            log.exception(
+        except Exception as exc:
+            log.error(
                 "admission failed; denying",
-                extra={"uid": review.uid, "endpoint": endpoint, "resource": resource, "operation": operation},
+                extra={
+                    "uid": review.uid,
+                    "endpoint": endpoint,
+                    "resource": resource,
+                    "operation": operation,
+                    **_where(exc),
+                },
             )
             metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
             return _json(200, _deny(review.uid, "agentops webhook: internal error while deciding; denied"))

@@ -8,6 +8,7 @@ become ready, the local launcher, so READY comes from real ``agent_runtime`` pro
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -18,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from controller.revisions import prompt_sha256
 from policies.models import (
     CHANGE_REASON,
+    LABEL_AGENT,
     PROMPT_CHANGED_AT,
     PROMPT_CHANGED_BY,
     PROMPT_CHANGED_BY_GROUPS,
@@ -264,3 +266,56 @@ def test_prompt_change_by_impersonated_user_makes_exactly_one_revision_and_rollb
     )
     assert revisions[2]["spec"]["prompt"] == old_prompt
     assert revisions[2]["spec"]["reason"] == "too chatty"
+
+
+def test_with_an_api_key_the_local_stack_gives_agents_claude_through_a_secret(
+    kubectl: Kubectl,
+    k8s_api: client.ApiClient,
+    namespace: str,
+    redis_url: str,
+    control_plane: Any,
+    tmp_path: Any,
+    monkeypatch: Any,
+) -> None:
+    from deploy.local_agents import API_KEY_SECRET, Launcher
+    from tests.controller.conftest import controller_argv
+
+    env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
+    argv = [*controller_argv(namespace, redis_url), "--default-api-key-secret", API_KEY_SECRET]
+    proc = ControllerProcess(argv, env, tmp_path / "controller.log")
+    proc.start()
+    try:
+        kubectl("apply", "-f", "-", input=SMALL_AGENT.format(name="claude", replicas=1))
+        # No key yet: the offline provider, said plainly.
+        wait_for(
+            lambda: (
+                (agdep(kubectl, "claude").get("status") or {}).get("effectiveProvider")
+                == "offline (no API key)"
+            ),
+            "the offline fallback",
+        )
+        # The launcher stores ANTHROPIC_API_KEY in every namespace with agents; the agent switches.
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-real")
+        launcher = Launcher(k8s_api, namespace, tmp_path / "agents")
+        launcher.ensure_api_key_secrets()
+        assert namespace in launcher.keyed_namespaces
+        wait_for(
+            lambda: (agdep(kubectl, "claude").get("status") or {}).get("effectiveProvider") == "anthropic",
+            "provider anthropic from the default Secret",
+        )
+        deployment: Any = client.AppsV1Api(k8s_api).read_namespaced_deployment("claude", namespace)
+        env_vars = {e.name: e for e in deployment.spec.template.spec.containers[0].env}
+        assert env_vars["AGENTOPS_PROVIDER"].value == "anthropic"
+        ref = env_vars["AGENTOPS_API_KEY"].value_from.secret_key_ref
+        assert (ref.name, ref.key) == (API_KEY_SECRET, "api-key")
+        # The launcher resolves the key exactly as a kubelet would.
+        pods: Any = wait_for(
+            lambda: (
+                client.CoreV1Api(k8s_api).list_namespaced_pod(namespace, label_selector=LABEL_AGENT).items
+            ),
+            "the agent's pod",
+        )
+        api_key_var = next(v for v in pods[0].spec.containers[0].env if v.name == "AGENTOPS_API_KEY")
+        assert launcher._resolve(pods[0], api_key_var) == "sk-ant-test-not-real"
+    finally:
+        proc.stop()

@@ -145,7 +145,8 @@ def test_an_oversized_body_is_refused_without_buffering_it(http: httpx.Client) -
 
 class ExplodingSource(StaticPolicySource):
     def snapshot(self) -> Snapshot:
-        raise RuntimeError("boom (simulated cache failure)")
+        # Exception messages may quote object contents (a prompt); they must not reach the logs.
+        raise RuntimeError("boom: SECRET PROMPT TEXT")
 
 
 def test_an_internal_error_denies_and_is_logged_with_the_uid(
@@ -158,8 +159,11 @@ def test_an_internal_error_denies_and_is_logged_with_the_uid(
         assert answer["allowed"] is False
         assert "internal error" in answer["status"]["message"]
         records = [r for r in caplog.records if r.name == "webhook.admission"]
-        assert any(getattr(r, "uid", None) == body["request"]["uid"] for r in records)
+        (record,) = [r for r in records if getattr(r, "uid", None) == body["request"]["uid"]]
+        assert record.error_type == "builtins.RuntimeError"  # type: ignore[attr-defined]
+        assert any("snapshot" in frame for frame in record.stack)  # type: ignore[attr-defined]
         assert "SECRET PROMPT TEXT" not in caplog.text
+        assert all("SECRET PROMPT TEXT" not in repr(vars(r)) for r in caplog.records)
         assert http.get("/healthz").status_code == 200
 
 

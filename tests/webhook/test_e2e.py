@@ -506,3 +506,16 @@ def test_secret_mode_fills_the_secret_injects_the_ca_bundle_and_admits(
             process.kill()
             process.wait()
         unregister(admission, name)
+
+
+def test_a_missing_secret_is_a_clear_startup_error(
+    control_plane: Any, namespace: str, tmp_path: Path
+) -> None:
+    argv = [
+        sys.executable, "-m", "webhook", "--kubeconfig", str(control_plane.kubeconfig),
+        "--port", str(free_port()), "--cert-dir", str(tmp_path / "certs"),
+        "--secret", f"{namespace}/not-created",
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"Secret {namespace}/not-created does not exist: create it empty" in result.stderr
