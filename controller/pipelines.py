@@ -463,7 +463,29 @@ async def run_pipeline(ctx: Context, body: dict[str, Any], stopped: Any) -> None
     """The kopf daemon body: run until finished or stopped; Redis outages are retried, not fatal."""
     delay = 0.5
     while not stopped:
-        runner = PipelineRunner(ctx, body)
+        try:
+            runner = PipelineRunner(ctx, body)
+        except ValidationError as exc:
+            # The CRD schema and webhook normally prevent this; a stored bad spec fails, it does not loop.
+            first = exc.errors()[0]
+            where = "spec." + ".".join(str(p) for p in first["loc"])
+            failed = AgentPipelineStatus(
+                phase="Failed",
+                completion_time=render.now_precise(),
+                conditions=[
+                    Condition(
+                        type="Succeeded",
+                        status="False",
+                        reason="InvalidSpec",
+                        message=f"{where}: {first['msg']}",
+                    )
+                ],
+            )
+            meta = body["metadata"]
+            await asyncio.to_thread(
+                ctx.kube.patch_status, PLURAL, meta["namespace"], meta["name"], failed.to_k8s()
+            )
+            return
         try:
             await runner.run(stopped)
             return

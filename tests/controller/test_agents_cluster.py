@@ -308,14 +308,17 @@ def test_with_an_api_key_the_local_stack_gives_agents_claude_through_a_secret(
         assert env_vars["AGENTOPS_PROVIDER"].value == "anthropic"
         ref = env_vars["AGENTOPS_API_KEY"].value_from.secret_key_ref
         assert (ref.name, ref.key) == (API_KEY_SECRET, "api-key")
+
         # The launcher resolves the key exactly as a kubelet would.
-        pods: Any = wait_for(
-            lambda: (
-                client.CoreV1Api(k8s_api).list_namespaced_pod(namespace, label_selector=LABEL_AGENT).items
-            ),
-            "the agent's pod",
-        )
-        api_key_var = next(v for v in pods[0].spec.containers[0].env if v.name == "AGENTOPS_API_KEY")
-        assert launcher._resolve(pods[0], api_key_var) == "sk-ant-test-not-real"
+        def keyed_pod() -> Any:
+            pods: Any = client.CoreV1Api(k8s_api).list_namespaced_pod(namespace, label_selector=LABEL_AGENT)
+            for pod in pods.items:
+                for var in pod.spec.containers[0].env:
+                    if var.name == "AGENTOPS_API_KEY":
+                        return pod, var
+            return None
+
+        pod, api_key_var = wait_for(keyed_pod, "a pod of the re-rendered template")
+        assert launcher._resolve(pod, api_key_var) == "sk-ant-test-not-real"
     finally:
         proc.stop()

@@ -257,9 +257,11 @@ spec:
     assert task_ids(r, namespace, "broke") == [f"{uid}:first:{n}" for n in (1, 2, 3)]
 
 
-def test_step_for_a_missing_agent_waits_with_a_message_then_fails_at_its_timeout(
+def test_steps_for_missing_or_unready_agents_wait_with_a_message_then_fail_at_their_timeout(
     kubectl: Kubectl, controller: ControllerProcess
 ) -> None:
+    # "idle" exists but has no replica; "ghost" does not exist.  failFast off: both run their course.
+    kubectl("apply", "-f", "-", input=AGENT.format(name="idle", replicas=0))
     kubectl(
         "apply", "-f", "-",
         input="""\
@@ -267,22 +269,31 @@ apiVersion: agentops.agentops.io/v1alpha1
 kind: AgentPipeline
 metadata: {name: lonely}
 spec:
+  failFast: false
   steps:
     - {name: ask, agentDeployment: ghost, timeoutSeconds: 4, inputs: {prompt: "anyone?"}}
+    - {name: nudge, agentDeployment: idle, timeoutSeconds: 5, inputs: {prompt: "awake?"}}
 """,
     )  # fmt: skip
 
     def waiting() -> dict[str, Any] | None:
         steps = (pipeline(kubectl, "lonely").get("status") or {}).get("steps") or []
-        return steps[0] if steps and steps[0]["phase"] == "Waiting" else None
+        both = len(steps) == 2 and all(s["phase"] == "Waiting" for s in steps)
+        return {s["name"]: s for s in steps} if both else None
 
-    step = wait_for(waiting, "the step to wait")
-    assert "agent 'ghost' does not exist" in step["message"]
+    steps = wait_for(waiting, "both steps to wait")
+    assert "agent 'ghost' does not exist" in steps["ask"]["message"]
+    assert "agent 'idle' has no ready replica" in steps["nudge"]["message"]
     obj = finished(kubectl, "lonely", timeout=30)
-    step = obj["status"]["steps"][0]
-    assert step["phase"] == "Failed"
-    assert "timed out after 4s" in step["message"]
-    assert "ghost" in step["message"]
+    assert obj["status"]["phase"] == "Failed"
+    final = steps_of(obj)
+    assert final["ask"]["phase"] == "Failed"
+    assert "timed out after 4s" in final["ask"]["message"]
+    assert "ghost" in final["ask"]["message"]
+    assert final["nudge"]["phase"] == "Failed"
+    assert "timed out after 5s" in final["nudge"]["message"]
+    assert "no ready replica" in final["nudge"]["message"]
+    assert final["ask"].get("attempts", 0) == final["nudge"].get("attempts", 0) == 0  # nothing was submitted
 
 
 def test_empty_rendered_template_is_reported_on_the_step(
