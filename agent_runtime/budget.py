@@ -25,15 +25,12 @@ from redis.asyncio.client import Pipeline
 from policies.prices import PriceTable
 from policies.runtime_config import RuntimeConfig
 from policies.tasks import (
-    BUDGET_REQUEST_OVERHEAD_TOKENS,
     budget_key,
     budget_period_end,
     budget_period_id,
     reservation_tokens,
 )
 
-#: Tokens added to the byte count of a request to bound its input tokens (shared with the controller).
-REQUEST_OVERHEAD_TOKENS = BUDGET_REQUEST_OVERHEAD_TOKENS
 #: Keys outlive their period by this much, so a status reader still sees the period that just ended.
 KEY_GRACE_SECONDS = 3600
 

@@ -13,7 +13,7 @@ import time
 from redis.asyncio import Redis
 
 from policies.models import Budget, Usage
-from policies.tasks import budget_key, budget_period_id
+from policies.tasks import budget_key, budget_period_id, reservation_tokens
 
 
 async def read_usage(redis: Redis, namespace: str, agent: str, budget: Budget | None) -> Usage:
@@ -36,14 +36,9 @@ async def read_usage(redis: Redis, namespace: str, agent: str, budget: Budget | 
     return usage
 
 
-#: The runtime reserves (system prompt bytes + prompt bytes + this overhead + max_tokens) per call
-#: (``agent_runtime.budget``): mirrored here to know when not even the smallest call fits.
-REQUEST_OVERHEAD_TOKENS = 64
-
-
 def smallest_call_tokens(system_prompt: str) -> int:
-    """The smallest reservation a call can make: a one-byte prompt asking for one token."""
-    return len(system_prompt.encode()) + 1 + REQUEST_OVERHEAD_TOKENS + 1
+    """The smallest reservation a worker can make: a one-byte prompt asking for one token."""
+    return reservation_tokens(system_prompt, "x", 1)
 
 
 def exceeded(usage: Usage, budget: Budget | None, smallest_call: int = 0) -> str | None:

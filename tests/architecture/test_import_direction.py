@@ -1,4 +1,4 @@
-"""Imports flow one way: policies depends on nothing of ours, the runtime never sees the webhook or controller."""
+"""Imports flow one way: policies depends on nothing of ours; the runtime never sees webhook or controller."""
 
 from __future__ import annotations
 
