@@ -9,7 +9,8 @@ creates from the controller's Deployments would stay Pending forever.  This laun
   (``secretKeyRef`` and ``configMapKeyRef`` read from the API, ``fieldRef`` from the Pod);
 * every ConfigMap volume written under ``<workdir>/<pod uid>/<volume>/`` and the mount path
   prefix (e.g. ``/etc/agentops``) rewritten to that directory in environment values - the only
-  rewrite besides ``AGENTOPS_HTTP_PORT``, which gets a free local port so replicas can coexist.
+  rewrite besides ``AGENTOPS_HTTP_PORT``, which gets a free local port so replicas can coexist,
+  and ``AGENTOPS_HTTP_HOST=127.0.0.1``, which keeps them on loopback.
 
 It polls each process's ``/readyz`` and patches the Pod's status (phase ``Running``, conditions
 ``Ready``/``ContainersReady``, ``restartCount``), so ReplicaSet and Deployment status - and thus
@@ -58,6 +59,7 @@ from policies.models import GROUP, LABEL_AGENT, VERSION
 logger = logging.getLogger("deploy.local_agents")
 
 HTTP_PORT_ENV = "AGENTOPS_HTTP_PORT"
+HTTP_HOST_ENV = "AGENTOPS_HTTP_HOST"
 API_KEY_SECRET = "anthropic-api-key"  # noqa: S105 - a Secret name, not a secret
 API_KEY_SECRET_KEY = "api-key"  # noqa: S105
 #: Variables of this machine a Python process needs to start at all; the pod's env is added on top.
@@ -219,6 +221,8 @@ class Launcher:
                     env[key] = str(local) + value[len(mount_path.rstrip("/")) :]
         replica.port = free_port()
         env[HTTP_PORT_ENV] = str(replica.port)
+        # A pod listens on its own IP; on a shared machine, replicas stay on loopback.
+        env[HTTP_HOST_ENV] = "127.0.0.1"
         replica.directory.mkdir(parents=True, exist_ok=True)
         log = (replica.directory / "runtime.log").open("ab")
         replica.process = subprocess.Popen(

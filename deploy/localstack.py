@@ -44,6 +44,7 @@ from deploy import _kube, _process
 from deploy._process import PidFile, StartError
 from deploy.controlplane import ControlPlane
 from deploy.crds import CRD_DIR
+from deploy.local_agents import API_KEY_SECRET
 from deploy.local_redis import FALLBACK_BINARY, RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -144,18 +145,54 @@ def python_module(module: str, *args: str) -> Callable[[StackInfo], list[str]]:
     return lambda info: [sys.executable, "-m", module, *args]
 
 
+def has_api_key() -> bool:
+    """With ``ANTHROPIC_API_KEY`` set agents use Claude; without it, the offline provider."""
+    return bool(os.environ.get("ANTHROPIC_API_KEY"))
+
+
+def _webhook_argv(info: StackInfo) -> list[str]:
+    url = f"https://127.0.0.1:{info.port('webhook')}"
+    return [
+        *python_module("webhook")(info),
+        *("--kubeconfig", str(info.kubeconfig), "--host", "127.0.0.1", "--port", str(info.port("webhook"))),
+        *("--cert-dir", str(info.state_dir / "webhook-certs"), "--register-url", url),
+        "--unregister-on-exit",
+    ]
+
+
+def _controller_argv(info: StackInfo) -> list[str]:
+    provider = ["--default-api-key-secret", API_KEY_SECRET] if has_api_key() else ["--offline-fallback"]
+    return [
+        *python_module("controller")(info),
+        *("--kubeconfig", str(info.kubeconfig), "--redis-url", info.redis_url, "--standalone"),
+        *("--liveness", f"http://127.0.0.1:{info.port('controller')}/healthz"),
+        *provider,
+    ]
+
+
+def _agents_argv(info: StackInfo) -> list[str]:
+    return [
+        *python_module("deploy.local_agents")(info),
+        *("--kubeconfig", str(info.kubeconfig), "--workdir", str(info.state_dir / "agents")),
+    ]
+
+
 #: The registration point: components started by ``up`` in this order (and stopped in reverse).
-#: Each later issue adds one entry, for example:
-#:
-#:     Component(
-#:         "webhook",
-#:         python_module("webhook", "--local"),
-#:         env=lambda info: {"AGENTOPS_WEBHOOK_PORT": str(info.port("webhook"))},
-#:         ready=http_ready(lambda info: f"https://127.0.0.1:{info.port('webhook')}/healthz", tls=True),
-#:     ),
-#:     Component("controller", python_module("controller")),
-#:     Component("agents", python_module("deploy.local_agents")),
-COMPONENTS: list[Component] = []
+#: The webhook comes first so nothing reaches the cluster ungated; local agents last, once the
+#: controller writes the Deployments whose pods they run.
+COMPONENTS: list[Component] = [
+    Component(
+        "webhook",
+        _webhook_argv,
+        ready=http_ready(lambda info: f"https://127.0.0.1:{info.port('webhook')}/readyz", tls=True),
+    ),
+    Component(
+        "controller",
+        _controller_argv,
+        ready=http_ready(lambda info: f"http://127.0.0.1:{info.port('controller')}/healthz"),
+    ),
+    Component("agents", _agents_argv),
+]
 
 
 # --- the stack -------------------------------------------------------------------------------------
@@ -319,6 +356,11 @@ def ensure_redis_installed() -> None:
 
 def cmd_up(stack: LocalStack, samples: bool = True) -> int:
     info = stack.up(samples=samples)
+    provider = (
+        "Claude (ANTHROPIC_API_KEY is set)"
+        if has_api_key()
+        else "offline: no ANTHROPIC_API_KEY, so every agent runs on the deterministic offline provider"
+    )
     print(
         f"""
 The local stack is running (state in {info.state_dir}).
@@ -327,8 +369,13 @@ The local stack is running (state in {info.state_dir}).
   kubectl get agdep,agpipe,clusteragentpolicies
   kubectl apply -f deploy/samples/research-agent.yaml
 
+  export AGENTOPS_REDIS_URL={info.redis_url}
+  agentops task submit research-agent "What is the capital of France?" --wait
+  kubectl get agpipe -w
+
 API server: {info.server}
 Redis:      {info.redis_url}
+Provider:   {provider}
 Logs:       {info.state_dir}/controlplane/logs/, {info.state_dir}/logs/
 Stop with:  python -m deploy down   (or: agentops down, make down)
 """
