@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from deploy._process import PidFile
-from deploy.localstack import Component, LocalStack, StackInfo, http_ready
+from deploy.localstack import COMPONENTS, Component, LocalStack, StackInfo, http_ready
 from tests.support.kubectl import Kubectl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +63,14 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     try:
         yield state
     finally:
-        LocalStack(state, components=[_echo_component()]).down()
+        LocalStack(state, components=[*COMPONENTS, _echo_component()]).down()
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(1)
 
 
 def test_up_status_down(state_dir: Path) -> None:
@@ -78,6 +86,27 @@ def test_up_status_down(state_dir: Path) -> None:
     assert "summarizer-agent" in table
     assert kubectl.json("get", "clusteragentpolicy", "org-defaults")["spec"]["mode"] == "Enforce"
     assert kubectl.json("get", "agpipe", "research-then-summarize")["spec"]["steps"][0]["name"] == "research"
+    assert "offline" in up.stdout, "without an API key the stack must say agents run offline"
+
+    # The whole system runs: the webhook gates changes, the controller turns agents into
+    # Deployments, local runtime processes become READY, and the seed's pipeline completes.
+    def pipeline_succeeded() -> bool:
+        status = kubectl.json("get", "agpipe", "research-then-summarize").get("status", {})
+        return bool(status.get("phase") == "Succeeded")
+
+    _wait_for("the seed pipeline to succeed", pipeline_succeeded)
+    pipeline = kubectl.json("get", "agpipe", "research-then-summarize")["status"]
+    assert "AI in healthcare" in pipeline["output"]
+    _wait_for(
+        "research-agent to have 3 ready replicas",
+        lambda: kubectl.json("get", "agdep", "research-agent").get("status", {}).get("readyReplicas") == 3,
+    )
+    agent = kubectl.json("get", "agdep", "research-agent")
+    assert agent["status"]["effectiveProvider"] == "offline (no API key)"
+    assert agent["metadata"]["annotations"]["agentops.agentops.io/prompt-changed-by"] == "agentops-admin"
+    denied = kubectl("scale", "agdep", "research-agent", "--replicas=50", check=False)
+    assert denied.returncode != 0
+    assert "spec.replicas: 50 exceeds 10 set by ClusterAgentPolicy/org-defaults" in denied.stderr
 
     again = deploy_cli(state_dir, "up")
     assert again.returncode == 0
@@ -88,7 +117,7 @@ def test_up_status_down(state_dir: Path) -> None:
     assert "control-plane    running" in status.stdout
 
     # A registered component joins the running stack: only it starts, with the stack's environment.
-    stack = LocalStack(state_dir, components=[_echo_component()])
+    stack = LocalStack(state_dir, components=[*COMPONENTS, _echo_component()])
     stack.up(samples=False)
     pid = PidFile(state_dir / "pids" / "echo.pid").alive_pid()
     assert pid is not None
@@ -96,10 +125,11 @@ def test_up_status_down(state_dir: Path) -> None:
     assert f"KUBECONFIG={kubeconfig}".encode() in environ
     assert b"ECHO_MARKER=yes" in environ
     assert any(e.startswith(b"AGENTOPS_REDIS_URL=redis://127.0.0.1:") for e in environ)
-    assert stack.status() == {"control-plane": True, "redis": True, "echo": True}
+    assert set(stack.status().values()) == {True}
+    assert set(stack.status()) == {"control-plane", "redis", "webhook", "controller", "agents", "echo"}
 
     kubectl("scale", "agdep", "research-agent", "--replicas=7")
-    assert sorted(stack.down()) == ["control-plane", "echo", "redis"]
+    assert sorted(stack.down()) == ["agents", "control-plane", "controller", "echo", "redis", "webhook"]
     assert _running_with(state_dir) == []
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
 
