@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from controller import autoscale, budget, render, revisions
 from controller.context import Context
 from controller.policy import AgentPolicyView
-from policies.models import LABEL_AGENT, AgentDeployment
+from policies.models import LABEL_AGENT, AgentDeployment, prompt_sha256
 
 logger = logging.getLogger("controller.agents")
 
@@ -142,7 +142,7 @@ async def _reconcile_locked(
         ctx.rendered_provider[key] = decision.display
         status["observedGeneration"] = agent.metadata.generation
 
-    sha = revisions.prompt_sha256(agent.spec.system_prompt)
+    sha = prompt_sha256(agent.spec.system_prompt)
     if status.get("promptHash") != sha:
         number = await _record_revision(ctx, agent, status.get("promptHash"))
         status["promptHash"] = sha

@@ -31,13 +31,10 @@ from policies.models import (
     AgentPromptRevisionSpec,
     Author,
     ObjectMeta,
+    prompt_sha256,
 )
 
 UNKNOWN_AUTHOR = "unknown"
-
-
-def prompt_sha256(prompt: str) -> str:
-    return hashlib.sha256(prompt.encode()).hexdigest()
 
 
 def revision_name(agent: str, sha: str, previous: str | None, changed_at: str) -> str:

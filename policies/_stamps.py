@@ -17,7 +17,6 @@ The price is that a client can shift its own change time by at most that window.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,25 +28,14 @@ from policies.models import (
     PROMPT_CHANGED_BY_UID,
     PROMPT_PREVIOUS_SHA256,
     PROMPT_SHA256,
+    PROMPT_STAMPS,
+    prompt_sha256,
 )
 
-#: The prompt stamps, in the order they are reported.
-PROMPT_STAMPS: tuple[str, ...] = (
-    PROMPT_SHA256,
-    PROMPT_PREVIOUS_SHA256,
-    PROMPT_CHANGED_BY,
-    PROMPT_CHANGED_BY_UID,
-    PROMPT_CHANGED_BY_GROUPS,
-    PROMPT_CHANGED_AT,
-)
 STAMP_TIME_TOLERANCE = timedelta(seconds=30)
 CLOCK_SKEW = timedelta(seconds=5)
 #: The stamp time format (what Kubernetes uses for timestamps): ``2026-01-02T03:04:05Z``.
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-
-def sha256_hex(prompt: str) -> str:
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
 def format_time(now: datetime) -> str:
@@ -116,8 +104,8 @@ def expected_stamps(
     prompt = system_prompt(obj) or ""
     old_prompt = system_prompt(old) if operation == "UPDATE" else None
     stamps: dict[str, str | None] = {
-        PROMPT_SHA256: sha256_hex(prompt),
-        PROMPT_PREVIOUS_SHA256: sha256_hex(old_prompt) if old_prompt is not None else None,
+        PROMPT_SHA256: prompt_sha256(prompt),
+        PROMPT_PREVIOUS_SHA256: prompt_sha256(old_prompt) if old_prompt is not None else None,
         PROMPT_CHANGED_BY: username,
         PROMPT_CHANGED_BY_UID: uid or None,
         PROMPT_CHANGED_BY_GROUPS: ",".join(groups) or None,

@@ -53,10 +53,11 @@ from policies._effective import (
 )
 from policies._pipeline import pipeline_problems
 from policies._selectors import selector_problems
-from policies._stamps import PROMPT_STAMPS, expected_stamps, prompt_changed, sha256_hex
+from policies._stamps import expected_stamps, prompt_changed
 from policies.models import (
     CHANGE_REASON,
     POLICY_VIOLATIONS,
+    PROMPT_STAMPS,
     AgentDeployment,
     AgentDeploymentSpec,
     AgentPipeline,
@@ -67,6 +68,7 @@ from policies.models import (
     PolicyMode,
     PolicySpec,
     Resource,
+    prompt_sha256,
 )
 
 __all__ = [
@@ -663,7 +665,7 @@ def _stamp_mismatches(request: AdmissionRequest, obj: Mapping[str, Any], audit: 
 
 def _revision_findings(revision: AgentPromptRevision, request: AdmissionRequest) -> list[_Finding]:
     found: list[_Finding] = []
-    if sha256_hex(revision.spec.prompt) != revision.spec.sha256:
+    if prompt_sha256(revision.spec.prompt) != revision.spec.sha256:
         found.append(_Finding("spec.sha256: is not the sha256 of spec.prompt's UTF-8 bytes", None))
     old_spec = request.old_object.get("spec") if request.old_object is not None else None
     new_spec = request.object.get("spec") if request.object is not None else None

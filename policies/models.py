@@ -11,6 +11,7 @@ snake_case.  Dump with ``model.to_k8s()`` to get what the API server stores.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,16 +33,17 @@ PROMPT_CHANGED_AT = f"{GROUP}/prompt-changed-at"
 CHANGE_REASON = f"{GROUP}/change-reason"
 #: Audit-mode policy violations recorded on the object by the webhook.
 POLICY_VIOLATIONS = f"{GROUP}/policy-violations"
-#: Every annotation the webhook computes itself and overwrites on each request.
-STAMPED_ANNOTATIONS: tuple[str, ...] = (
+#: The prompt-audit stamps, in the order they are reported.
+PROMPT_STAMPS: tuple[str, ...] = (
     PROMPT_SHA256,
     PROMPT_PREVIOUS_SHA256,
     PROMPT_CHANGED_BY,
     PROMPT_CHANGED_BY_UID,
     PROMPT_CHANGED_BY_GROUPS,
     PROMPT_CHANGED_AT,
-    POLICY_VIOLATIONS,
 )
+#: Every annotation the webhook computes itself and overwrites on each request.
+STAMPED_ANNOTATIONS: tuple[str, ...] = (*PROMPT_STAMPS, POLICY_VIOLATIONS)
 
 #: Labels the controller puts on what it owns.
 LABEL_AGENT = f"{GROUP}/agent"
@@ -448,6 +450,11 @@ RESOURCES: tuple[type[Resource], ...] = (
 )
 RESOURCE_BY_KIND: dict[str, type[Resource]] = {r.KIND: r for r in RESOURCES}
 RESOURCE_BY_PLURAL: dict[str, type[Resource]] = {r.PLURAL: r for r in RESOURCES}
+
+
+def prompt_sha256(prompt: str) -> str:
+    """The hash that identifies a system prompt everywhere: sha256 of its UTF-8 bytes, hex."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
 def infer_provider(model: str) -> Provider:

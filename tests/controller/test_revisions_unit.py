@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.revisions import build_revision, prompt_sha256
+from controller.revisions import build_revision
 from policies.models import (
     CHANGE_REASON,
     PROMPT_CHANGED_AT,
@@ -13,6 +13,7 @@ from policies.models import (
     PROMPT_PREVIOUS_SHA256,
     PROMPT_SHA256,
     AgentDeployment,
+    prompt_sha256,
 )
 
 OWNER: dict[str, Any] = {"apiVersion": "v", "kind": "AgentDeployment", "name": "a", "uid": "u"}
