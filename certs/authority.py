@@ -1,4 +1,7 @@
-"""Key and certificate generation: a private CA and the webhook's serving certificate.
+"""Key and certificate generation: private CAs and the leaf certificates they sign.
+
+This is the one place certificates are built: the webhook's CA and serving certificate, and
+(through :mod:`deploy._pki`) the local control plane's CAs, serving and client certificates.
 
 Everything here is pure computation over ``cryptography`` objects and PEM bytes: no files, no
 network, and the clock is always passed in, so rotation decisions are testable to the second.
@@ -18,6 +21,7 @@ import datetime as dt
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -28,10 +32,18 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 #: Renew when less than this fraction of a certificate's lifetime is left.
 RENEW_FRACTION = 1 / 3
 DEFAULT_CA_LIFETIME = dt.timedelta(days=3650)
-DEFAULT_SERVING_LIFETIME = dt.timedelta(days=90)
+DEFAULT_LEAF_LIFETIME = dt.timedelta(days=90)
+DEFAULT_SERVING_LIFETIME = DEFAULT_LEAF_LIFETIME
 #: Certificates are backdated a little so a peer whose clock lags ours still accepts them (at most
 #: a twentieth of the lifetime, so very short test lifetimes keep their one-third renewal point).
 CLOCK_SKEW = dt.timedelta(minutes=5)
+
+#: What a leaf certificate is for: a TLS server or a TLS client (one extended key usage each).
+Usage = Literal["server", "client"]
+_EXTENDED_KEY_USAGE: dict[Usage, x509.ObjectIdentifier] = {
+    "server": ExtendedKeyUsageOID.SERVER_AUTH,
+    "client": ExtendedKeyUsageOID.CLIENT_AUTH,
+}
 
 
 def _backdate(lifetime: dt.timedelta) -> dt.timedelta:
@@ -138,6 +150,64 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def generate_key_pem() -> bytes:
+    """A bare private key (PKCS#8 PEM) of the same kind as every certificate's, e.g. a token signer."""
+    return _key_pem(_new_key())
+
+
+def public_key_pem(key_pem: bytes) -> bytes:
+    """The SubjectPublicKeyInfo PEM of a private key made by :func:`generate_key_pem`."""
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _name(common_name: str, organizations: Sequence[str] = ()) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
+    return x509.Name(attrs)
+
+
+def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+    # ECDSA keys only ever sign: key_encipherment would be meaningless for them.
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    now: dt.datetime,
+    lifetime: dt.timedelta,
+    not_after: dt.datetime,
+) -> x509.CertificateBuilder:
+    """The parts every certificate shares: names, key, a random serial and the validity window."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _backdate(lifetime))
+        .not_valid_after(not_after)
+    )
+
+
 def generate_ca(
     now: dt.datetime,
     *,
@@ -146,34 +216,51 @@ def generate_ca(
 ) -> KeyPair:
     """A self-signed CA that may only sign end-entity certificates (path length 0)."""
     key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name}@{int(now.timestamp())}")])
+    name = _name(f"{common_name}@{int(now.timestamp())}")
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _backdate(lifetime))
-        .not_valid_after(now + lifetime)
+        _builder(name, name, key, now, lifetime, now + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+    return KeyPair(_cert_pem(cert), _key_pem(key))
+
+
+def issue_cert(
+    ca: KeyPair,
+    common_name: str,
+    now: dt.datetime,
+    *,
+    usage: Usage,
+    organizations: Sequence[str] = (),
+    hosts: Hosts | None = None,
+    lifetime: dt.timedelta = DEFAULT_LEAF_LIFETIME,
+) -> KeyPair:
+    """An end-entity certificate signed by ``ca`` for one ``usage``; never outlives the CA.
+
+    ``organizations`` become O= attributes (Kubernetes reads them as the client's groups);
+    ``hosts``, if given, become the subject alternative names.
+    """
+    ca_cert = ca.certificate
+    ca_key = ca.private_key()
+    key = _new_key()
+    not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
+    builder = _builder(_name(common_name, organizations), ca_cert.subject, key, now, lifetime, not_after)
+    if hosts is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(hosts.subject_alternative_names()), critical=False
+        )
+    cert = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(signs_certificates=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([_EXTENDED_KEY_USAGE[usage]]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return KeyPair(_cert_pem(cert), _key_pem(key))
 
 
 def issue_serving_cert(
@@ -182,42 +269,20 @@ def issue_serving_cert(
     """A TLS server certificate for ``hosts``, signed by ``ca``; never outlives the CA."""
     if not hosts.dns_names and not hosts.ip_addresses:
         raise CertificateError("a serving certificate needs at least one DNS name or IP address")
-    ca_cert = ca.certificate
-    ca_key = ca.private_key()
-    key = _new_key()
     common_name = hosts.dns_names[0] if hosts.dns_names else hosts.ip_addresses[0]
-    not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _backdate(lifetime))
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(hosts.subject_alternative_names()), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_encipherment=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                content_commitment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+    return issue_cert(ca, common_name, now, usage="server", hosts=hosts, lifetime=lifetime)
+
+
+def issue_client_cert(
+    ca: KeyPair,
+    common_name: str,
+    now: dt.datetime,
+    *,
+    organizations: Sequence[str] = (),
+    lifetime: dt.timedelta = DEFAULT_LEAF_LIFETIME,
+) -> KeyPair:
+    """A TLS client certificate for the user ``common_name`` in the groups ``organizations``."""
+    return issue_cert(ca, common_name, now, usage="client", organizations=organizations, lifetime=lifetime)
 
 
 def needs_renewal(cert: x509.Certificate, now: dt.datetime, fraction: float = RENEW_FRACTION) -> bool:
