@@ -7,7 +7,8 @@ One run, one control plane (:class:`deploy.controlplane.ControlPlane`), three na
   ``org-defaults`` ClusterAgentPolicy, written in CEL (limits mandatory and bounded, replicas,
   model allow-list, prompt size), bound to this namespace only;
 - ``bench-null``: a diagnostic, a mutating + validating webhook that allows everything at once
-  (a bare ASGI app on uvicorn over TLS): what calling any Python webhook twice costs here;
+  (a bare ASGI app on uvicorn over TLS; the mutating call returns the same audit-stamp patch as
+  ours): what calling any Python webhook twice costs here;
 - ``bench-webhook``: our mutating + validating webhook (``python -m webhook``, one worker, real
   TLS, registered with ``--register-url`` and scoped to this namespace by label), enforcing the
   ``org-defaults`` ClusterAgentPolicy from its watch cache.
@@ -26,6 +27,8 @@ Run: ``.venv/bin/python -m benchmarks.bench_apiserver [--iterations 300]``
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -216,7 +219,12 @@ def apiserver_webhook_view(http: httpx.Client) -> str:
 
 
 async def _null_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """An ASGI webhook that allows every request at once: the floor of any Python webhook."""
+    """A webhook that allows every request at once: the floor of any Python webhook.
+
+    On ``/mutate`` it answers with the same kind of JSONPatch ours sends for a new agent (the five
+    prompt audit annotations), so kube-apiserver's cost of decoding and applying a patch is in the
+    floor too: the difference to ours is then our policy work and framework, nothing else.
+    """
     if scope["type"] != "http":
         return
     body = b""
@@ -225,17 +233,26 @@ async def _null_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         body += message.get("body", b"")
         more = message.get("more_body", False)
-    uid = json.loads(body)["request"]["uid"]
-    answer = json.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "response": {"uid": uid, "allowed": True},
+    request = json.loads(body)["request"]
+    response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
+    if scope["path"] == "/mutate":
+        user = request["userInfo"]
+        prompt = request["object"]["spec"].get("systemPrompt", "")
+        stamps = {
+            "agentops.agentops.io/prompt-sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+            "agentops.agentops.io/prompt-changed-by": user["username"],
+            "agentops.agentops.io/prompt-changed-by-uid": user.get("uid", ""),
+            "agentops.agentops.io/prompt-changed-by-groups": ",".join(user.get("groups") or []),
+            "agentops.agentops.io/prompt-changed-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        patch = [{"op": "add", "path": "/metadata/annotations", "value": stamps}]
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    answer = json.dumps(
+        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
     ).encode()
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": answer})
 
 

@@ -26,8 +26,8 @@ on the policy set's index; a policy change makes a new policy set and therefore 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -315,7 +315,10 @@ class PolicyIndex:
     """Per-policy-set precomputation: compiled selectors, policies grouped by namespace, and a
     bounded cache of effective policies keyed by what matching depends on."""
 
-    __slots__ = ("_cached", "cluster", "namespaced")
+    __slots__ = ("_cache", "cluster", "namespaced")
+
+    #: Label sets remembered per policy set; past that, the oldest is forgotten.
+    CACHE_SIZE = 2048
 
     def __init__(self, cluster: Iterable[ClusterAgentPolicy], namespaced: Iterable[AgentPolicy]) -> None:
         self.cluster: tuple[PolicyEntry, ...] = tuple(sorted((entry_of(p) for p in cluster), key=_by_source))
@@ -326,12 +329,26 @@ class PolicyIndex:
         self.namespaced: dict[str | None, tuple[PolicyEntry, ...]] = {
             ns: tuple(sorted(entries, key=_by_source)) for ns, entries in by_namespace.items()
         }
-        self._cached = functools.lru_cache(maxsize=2048)(self._compute)
+        # A plain dict, not functools.lru_cache around a bound method: that made a reference
+        # cycle, so every replaced policy set (and its cache) waited for a full collection.
+        self._cache: dict[
+            tuple[str | None, frozenset[tuple[str, str]], frozenset[tuple[str, str]]], EffectivePolicy
+        ] = {}
 
     def effective(
         self, namespace: str | None, labels: Mapping[str, str], namespace_labels: Mapping[str, str]
     ) -> EffectivePolicy:
-        return self._cached(namespace, frozenset(labels.items()), frozenset(namespace_labels.items()))
+        key = (namespace, frozenset(labels.items()), frozenset(namespace_labels.items()))
+        found = self._cache.get(key)
+        if found is None:
+            found = self._compute(*key)
+            cache = self._cache
+            if len(cache) >= self.CACHE_SIZE:
+                # First in, first out; another thread may have changed it meanwhile.
+                with contextlib.suppress(KeyError, StopIteration, RuntimeError):
+                    del cache[next(iter(cache))]
+            cache[key] = found
+        return found
 
     def cluster_policies_for_namespace(self, namespace_labels: Mapping[str, str]) -> tuple[PolicyEntry, ...]:
         """Cluster policies that can apply somewhere in a namespace (agent selectors ignored)."""

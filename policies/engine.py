@@ -53,18 +53,17 @@ from policies._effective import (
 )
 from policies._pipeline import pipeline_problems
 from policies._selectors import selector_problems
-from policies._stamps import expected_stamps, prompt_changed
+from policies._stamps import expected_stamps, is_mapping, prompt_changed
 from policies.models import (
     CHANGE_REASON,
     POLICY_VIOLATIONS,
-    PROMPT_STAMPS,
+    STAMPED_ANNOTATIONS,
     AgentDeployment,
     AgentDeploymentSpec,
     AgentPipeline,
     AgentPolicy,
     AgentPromptRevision,
     ClusterAgentPolicy,
-    Limits,
     PolicyMode,
     PolicySpec,
     Resource,
@@ -104,6 +103,10 @@ _MODELS: dict[str, type[Resource]] = {
 _LIMIT_ATTRS = {"maxTokensPerCall": "max_tokens_per_call", "maxConcurrentTasks": "max_concurrent_tasks",
                 "timeoutSeconds": "timeout_seconds"}  # fmt: skip
 RATCHET_NOTE = " (already so before this change: allowed until this field changes)"
+#: (limit name, model attribute, field path, ceiling key), precomputed for the per-request loop.
+_LIMIT_FIELDS = tuple(
+    (name, _LIMIT_ATTRS[name], f"spec.limits.{name}", f"limits.{name}.max") for name in LIMIT_NAMES
+)
 
 
 # --- public data types ---------------------------------------------------------------------------
@@ -194,22 +197,36 @@ class _Finding(NamedTuple):
 
 def _bound_findings(field_path: str, value: int, bounds: tuple[Bound, ...], what: str = "") -> list[_Finding]:
     """The most severe violated ceiling (``bounds`` are ordered most severe first)."""
+    found: list[_Finding] = []
+    _add_bound_finding(found, field_path, value, bounds, what)
+    return found
+
+
+def _add_bound_finding(
+    found: list[_Finding], field_path: str, value: int, bounds: tuple[Bound, ...], what: str = ""
+) -> None:
+    """Append the most severe violated ceiling to ``found``; allocates nothing when none is."""
     for bound in bounds:
         if value > bound.value:
-            return [
+            found.append(
                 _Finding(
                     f"{field_path}: {value}{what} exceeds {bound.value} set by {bound.source}", bound.mode
                 )
-            ]
-    return []
+            )
+            return
 
 
-def _deployment_findings(spec: AgentDeploymentSpec, eff: EffectivePolicy) -> list[_Finding]:
+def _deployment_findings(
+    spec: AgentDeploymentSpec, eff: EffectivePolicy, filled: Mapping[str, int] | None = None
+) -> list[_Finding]:
+    """What ``spec`` violates; ``filled``: limit name -> value mutate fills in for a missing limit."""
     found: list[_Finding] = []
     limits = spec.limits
-    for name in LIMIT_NAMES:
-        value = getattr(limits, _LIMIT_ATTRS[name]) if limits is not None else None
-        where = f"spec.limits.{name}"
+    ceilings = eff.ceilings
+    for name, attr, where, key in _LIMIT_FIELDS:
+        value = getattr(limits, attr) if limits is not None else None
+        if value is None and filled:
+            value = filled.get(name)
         if value is None:
             default = eff.defaults.get(name)
             if default is None:
@@ -229,28 +246,41 @@ def _deployment_findings(spec: AgentDeploymentSpec, eff: EffectivePolicy) -> lis
                     )
                 )
             continue
-        found += _bound_findings(where, value, eff.ceilings.get(f"limits.{name}.max", ()))
-    replicas = eff.ceilings.get("replicas.max", ())
-    found += _bound_findings("spec.replicas", spec.replicas, replicas)
+        # The last bound is the strictest: below it, none can be violated (the allow path).
+        bounds = ceilings.get(key)
+        if bounds and value > bounds[-1].value:
+            _add_bound_finding(found, where, value, bounds)
+    replicas = ceilings.get("replicas.max", ())
+    if replicas and spec.replicas > replicas[-1].value:
+        _add_bound_finding(found, "spec.replicas", spec.replicas, replicas)
     if spec.autoscaling is not None:
-        found += _bound_findings("spec.autoscaling.maxReplicas", spec.autoscaling.max_replicas, replicas)
-    for allow in eff.disallowed_model(spec.model):
-        found.append(
-            _Finding(
-                f'spec.model: "{spec.model}" is not allowed by {allow.source} '
-                f"(allowed: {', '.join(allow.patterns)})",
-                allow.mode,
+        _add_bound_finding(found, "spec.autoscaling.maxReplicas", spec.autoscaling.max_replicas, replicas)
+    if eff.models_allowed:
+        for allow in eff.disallowed_model(spec.model):
+            found.append(
+                _Finding(
+                    f'spec.model: "{spec.model}" is not allowed by {allow.source} '
+                    f"(allowed: {', '.join(allow.patterns)})",
+                    allow.mode,
+                )
             )
-        )
-    found += _bound_findings(
-        "spec.systemPrompt",
-        len(spec.system_prompt.encode("utf-8")),
-        eff.ceilings.get("prompts.maxBytes", ()),
-        " bytes",
-    )
+    bounds = ceilings.get("prompts.maxBytes")
+    if bounds:
+        prompt = spec.system_prompt
+        # An ASCII str's length is its UTF-8 size (isascii is O(1)): no encoding of the prompt.
+        size = len(prompt) if prompt.isascii() else len(prompt.encode("utf-8"))
+        if size > bounds[-1].value:
+            _add_bound_finding(found, "spec.systemPrompt", size, bounds, " bytes")
     probe = spec.liveness_probe
-    if probe is not None and probe.type == "semantic":  # ping probes cost no tokens: no floor
-        for bound in eff.ceilings.get("probes.minIntervalSeconds", ()):
+    floors = ceilings.get("probes.minIntervalSeconds")
+    # ping probes cost no tokens: no floor; the last floor is the highest.
+    if (
+        floors
+        and probe is not None
+        and probe.type == "semantic"
+        and probe.interval_seconds < floors[-1].value
+    ):
+        for bound in floors:
             if probe.interval_seconds < bound.value:
                 found.append(
                     _Finding(
@@ -417,8 +447,8 @@ def _get(spec: PolicySpec, section: str, attr: str) -> int | None:
 
 def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
     meta = obj.get("metadata") if obj else None
-    found = meta.get("annotations") if isinstance(meta, Mapping) else None
-    return found if isinstance(found, Mapping) else {}
+    found = meta.get("annotations") if is_mapping(meta) else None
+    return found if is_mapping(found) else {}
 
 
 def _parse(kind: str, obj: Mapping[str, Any] | None) -> tuple[Resource | None, list[str]]:
@@ -426,7 +456,8 @@ def _parse(kind: str, obj: Mapping[str, Any] | None) -> tuple[Resource | None, l
     if obj is None:
         return None, [f"the request carries no object for {kind}"]
     try:
-        return _MODELS[kind].model_validate(obj), []
+        # The model's validator itself: what model_validate calls, minus its keyword handling.
+        return _MODELS[kind].__pydantic_validator__.validate_python(obj), []
     except ValidationError as err:
         # The input value is deliberately left out: it may be a prompt, which never goes to logs.
         return None, [f"{_path(e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)]
@@ -441,7 +472,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 def _scale_replicas(obj: Mapping[str, Any] | None) -> int | None:
     spec = obj.get("spec") if obj else None
-    replicas = spec.get("replicas") if isinstance(spec, Mapping) else None
+    replicas = spec.get("replicas") if is_mapping(spec) else None
     return replicas if isinstance(replicas, int) and not isinstance(replicas, bool) else None
 
 
@@ -496,14 +527,15 @@ def mutate(request: AdmissionRequest, policies: PolicySet) -> Decision:
     eff = _effective_for(request, agent.metadata.labels, policies)
 
     old_limits: Mapping[str, Any] = original["spec"].get("limits") or {}
-    limits = dict(old_limits)
-    for name in LIMIT_NAMES:
-        if limits.get(name) is None and name in eff.defaults:
-            limits[name] = eff.defaults[name].value
-    spec = {**original["spec"], "limits": limits} if limits != old_limits else original["spec"]
-    updated_spec = agent.spec
-    if spec is not original["spec"]:  # defaults are PositiveInts from a validated policy: no re-parse
-        updated_spec = agent.spec.model_copy(update={"limits": Limits.model_validate(limits)})
+    filled: dict[str, int] = {}
+    for name, default in eff.defaults.items():
+        if old_limits.get(name) is None:
+            filled[name] = default.value
+    if filled:
+        limits = {**old_limits, **filled}
+        spec = {**original["spec"], "limits": limits}
+    else:
+        limits, spec = dict(old_limits), original["spec"]
 
     old_annotations = _annotations(original)
     annotations = dict(old_annotations)
@@ -516,12 +548,18 @@ def mutate(request: AdmissionRequest, policies: PolicySet) -> Decision:
         groups=request.user.groups,
         now=request.now,
     )
-    for key, value in stamps.items():
-        _put(annotations, key, value)
-    findings = _deployment_findings(updated_spec, eff) + _change_reason_findings(
-        request, {"metadata": {"annotations": annotations}, "spec": spec}, eff
-    )
-    audit = [f.message for f in findings if f.mode == "Audit"]
+    for key, value in stamps.items():  # _put, inlined: this runs six times per request
+        if value is None:
+            annotations.pop(key, None)
+        else:
+            annotations[key] = value
+    # The filled-in defaults are PositiveInts from validated policies: checked without a re-parse.
+    findings = _deployment_findings(agent.spec, eff, filled)
+    if eff.change_reason_required:
+        findings += _change_reason_findings(
+            request, {"metadata": {"annotations": annotations}, "spec": spec}, eff
+        )
+    audit = [f.message for f in findings if f.mode == "Audit"] if findings else []
     _put(annotations, POLICY_VIOLATIONS, _audit_value(audit))
 
     # Diffing only the two subtrees mutate may touch keeps make_patch off the (large) prompt.
@@ -530,7 +568,7 @@ def mutate(request: AdmissionRequest, policies: PolicySet) -> Decision:
         patch += _subtree_patch(original["spec"], "limits", "/spec", limits)
     if annotations != old_annotations:
         meta = original.get("metadata")
-        if not isinstance(meta, Mapping):
+        if not is_mapping(meta):
             patch.append({"op": "add", "path": "/metadata", "value": {"annotations": annotations}})
         else:
             patch += _subtree_patch(meta, "annotations", "/metadata", annotations)
@@ -548,7 +586,7 @@ def _subtree_patch(
     """
     old = parent.get(key)
     path = f"{parent_path}/{key}"
-    if not isinstance(old, Mapping):
+    if not is_mapping(old):
         return [{"op": "replace" if key in parent else "add", "path": path, "value": new}]
     if not new:
         return [{"op": "remove", "path": path}]
@@ -652,7 +690,7 @@ def _stamp_mismatches(request: AdmissionRequest, obj: Mapping[str, Any], audit: 
     want[POLICY_VIOLATIONS] = _audit_value(audit)
     have = _annotations(obj)
     problems: list[str] = []
-    for key in (*PROMPT_STAMPS, POLICY_VIOLATIONS):
+    for key in STAMPED_ANNOTATIONS:
         if have.get(key) != want[key]:
             got = "absent" if have.get(key) is None else f'"{have[key]}"'
             expected = "absent" if want[key] is None else f'"{want[key]}"'

@@ -24,12 +24,12 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from policies.admission import MalformedReview, parse_admission_review, review_response
@@ -56,29 +56,48 @@ class Lifecycle(Protocol):
     async def stop(self) -> None: ...
 
 
-def _json(status: int, body: Mapping[str, Any]) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json"
-    )
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: An answer: HTTP status and the JSON body, already serialised.
+Answer = tuple[int, bytes]
 
 
-def _bad_request(message: str) -> Response:
+def _json(status: int, body: Mapping[str, Any]) -> Answer:
+    return status, json.dumps(body, separators=(",", ":")).encode()
+
+
+def _bad_request(message: str) -> Answer:
     return _json(400, {"error": "malformed AdmissionReview", "message": message})
 
 
-async def _read_capped(request: Request) -> bytes | None:
+class _Disconnected(Exception):
+    """The client went away before sending the whole body: nothing to answer."""
+
+
+async def _read_capped(scope: Scope, receive: Receive) -> bytes | None:
     """The body, or None once it exceeds MAX_BODY_BYTES (stops reading: no unbounded buffering)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > MAX_BODY_BYTES:
+                return None
+            break
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             return None
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _resource_of(payload: Any) -> tuple[str, str]:
@@ -177,7 +196,7 @@ def create_app(
     *,
     metrics: WebhookMetrics | None = None,
     lifecycle: Sequence[Lifecycle] = (),
-) -> FastAPI:
+) -> ASGIApp:
     """The webhook app over ``source``; ``lifecycle`` objects are started and stopped with it."""
     metrics = metrics or WebhookMetrics()
 
@@ -197,9 +216,9 @@ def create_app(
     app.state.metrics = metrics
     app.state.source = source
 
-    async def admit(endpoint: Endpoint, request: Request) -> Response:
+    async def admit(endpoint: Endpoint, scope: Scope, receive: Receive) -> Answer:
         started = time.perf_counter()
-        body = await _read_capped(request)
+        body = await _read_capped(scope, receive)
         if body is None:
             metrics.observe(endpoint, "other", "other", "malformed", time.perf_counter() - started)
             return _bad_request(f"request body exceeds {MAX_BODY_BYTES} bytes")
@@ -219,7 +238,7 @@ def create_app(
                 return _bad_request("AdmissionReview could not be handled and has no request.uid")
             return _json(200, _deny(uid, "agentops webhook: internal error; denied"))
 
-    def handle(endpoint: Endpoint, body: bytes, started: float) -> Response:
+    def handle(endpoint: Endpoint, body: bytes, started: float) -> Answer:
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
@@ -299,16 +318,28 @@ def create_app(
             )
         return _json(200, answer)
 
-    async def mutate_endpoint(request: Request) -> Response:
-        return await admit("mutate", request)
+    routes: dict[str, Endpoint] = {"/mutate": "mutate", "/validate": "validate"}
 
-    async def validate_endpoint(request: Request) -> Response:
-        return await admit("validate", request)
-
-    # Plain Starlette routes: the admission hot path needs none of FastAPI's parameter and
-    # dependency machinery, and skipping it is measurably cheaper per request.
-    app.add_route("/mutate", mutate_endpoint, methods=["POST"], include_in_schema=False)
-    app.add_route("/validate", validate_endpoint, methods=["POST"], include_in_schema=False)
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        # The admission hot path is a bare ASGI handler in front of FastAPI: it needs none of the
+        # routing, middleware and exception machinery, and every bit of Python skipped counts
+        # twice per create (mutate + validate; measured in docs/webhook.md, "Benchmarks").
+        # Everything else (health, readiness, metrics, lifespan, 404) goes to FastAPI.
+        endpoint = routes.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None:
+            await app(scope, receive, send)
+            return
+        extra: list[tuple[bytes, bytes]] = []
+        if scope["method"] != "POST":
+            (status, body), extra = _json(405, {"detail": "Method Not Allowed"}), [(b"allow", b"POST")]
+        else:
+            try:
+                status, body = await admit(endpoint, scope, receive)
+            except _Disconnected:
+                return
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -326,4 +357,4 @@ def create_app(
         metrics.cache_sizes(source.sizes())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return asgi

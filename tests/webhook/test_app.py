@@ -8,6 +8,7 @@ the real API server in ``test_cache.py``, and everything together in ``test_e2e.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -140,6 +141,29 @@ def test_an_oversized_body_is_refused_without_buffering_it(http: httpx.Client) -
     reply = http.post("/validate", content=chunks())
     assert reply.status_code == 400
     assert "exceeds" in reply.json()["message"]
+    assert http.get("/healthz").status_code == 200
+
+
+def test_a_review_sent_in_chunks_is_decided_like_one_sent_whole(http: httpx.Client) -> None:
+    # The admission routes read the ASGI body stream themselves; a body split over several
+    # messages (chunked transfer encoding) must be joined, not cut at the first chunk.
+    body = review(agent("chunked", limits={"maxTokensPerCall": 50000}))
+    raw = json.dumps(body).encode()
+    pieces = [raw[i : i + 100] for i in range(0, len(raw), 100)]
+    reply = http.post("/validate", content=iter(pieces))
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()["response"]
+    assert answer["uid"] == body["request"]["uid"]
+    assert answer["allowed"] is False
+    assert "maxTokensPerCall: 50000" in answer["status"]["message"]
+
+
+def test_admission_routes_answer_only_post(http: httpx.Client) -> None:
+    for endpoint in ("/mutate", "/validate"):
+        reply = http.get(endpoint)
+        assert reply.status_code == 405
+        assert reply.headers["allow"] == "POST"
+    assert http.get("/no-such-path").status_code == 404
     assert http.get("/healthz").status_code == 200
 
 
