@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -119,13 +118,8 @@ def ensure_binary(progress: Progress = _stderr) -> Path:
     target = binary_path()
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / "kcp.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress("another process is building the control plane; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    waiting = "another process is building the control plane; waiting for it"
+    with _process.exclusive_lock(target.parent / "kcp.lock", lambda: progress(waiting)):
         if target.exists():  # the other process finished the build while we waited
             return target
         _build(target, progress)

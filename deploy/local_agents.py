@@ -45,6 +45,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -243,6 +244,20 @@ class Launcher:
             replica.port,
         )
 
+    @staticmethod
+    def _key_of(kind: str, read: Callable[[str, str], Any], ref: Any, namespace: str, env: str) -> str:
+        """One key of a Secret or ConfigMap; a missing object or key waits, as a kubelet would."""
+        try:
+            obj = read(ref.name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise NotReadyToStart(f"{kind} {ref.name!r} not found (env {env})") from None
+            raise
+        value = (obj.data or {}).get(ref.key)
+        if value is None:
+            raise NotReadyToStart(f"{kind} {ref.name!r} has no key {ref.key!r} (env {env})")
+        return str(value)
+
     def _resolve(self, pod: Any, var: Any) -> str:
         if var.value_from is None:
             return str(var.value or "")
@@ -250,28 +265,11 @@ class Launcher:
         ns = pod.metadata.namespace
         if source.secret_key_ref is not None:
             ref = source.secret_key_ref
-            try:
-                secret = self.core.read_namespaced_secret(ref.name, ns)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise NotReadyToStart(f"Secret {ref.name!r} not found (env {var.name})") from None
-                raise
-            data = (secret.data or {}).get(ref.key)
-            if data is None:
-                raise NotReadyToStart(f"Secret {ref.name!r} has no key {ref.key!r} (env {var.name})")
+            data = self._key_of("Secret", self.core.read_namespaced_secret, ref, ns, var.name)
             return base64.b64decode(data).decode()
         if source.config_map_key_ref is not None:
             ref = source.config_map_key_ref
-            try:
-                cm = self.core.read_namespaced_config_map(ref.name, ns)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise NotReadyToStart(f"ConfigMap {ref.name!r} not found (env {var.name})") from None
-                raise
-            value = (cm.data or {}).get(ref.key)
-            if value is None:
-                raise NotReadyToStart(f"ConfigMap {ref.name!r} has no key {ref.key!r} (env {var.name})")
-            return str(value)
+            return self._key_of("ConfigMap", self.core.read_namespaced_config_map, ref, ns, var.name)
         if source.field_ref is not None:
             path = source.field_ref.field_path
             fields = {

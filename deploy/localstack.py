@@ -23,7 +23,6 @@ Adding a component (the webhook, the controller, local agents) is one entry in
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shlex
@@ -224,13 +223,8 @@ class LocalStack:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One ``up`` or ``down`` at a time per state directory."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "stack.lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                say("another `up` or `down` is running on this state directory; waiting for it")
-                fcntl.flock(lock, fcntl.LOCK_EX)
+        waiting = "another `up` or `down` is running on this state directory; waiting for it"
+        with _process.exclusive_lock(self.state_dir / "stack.lock", lambda: say(waiting)):
             yield
 
     def status(self) -> dict[str, bool]:
