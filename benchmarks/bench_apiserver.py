@@ -417,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             null_ratio = statistics.median(latencies["null-hook"]) / base_median
             print(
                 f"\nnull-hook/neither = {null_ratio:.2f}: the cost of any two Python webhook calls on this"
-                " machine (a uvicorn app that allows everything at once, with the same patch), our policy work excluded"
+                " machine (a uvicorn app that allows everything at once, with the same patch),"
+                " our policy work excluded"
             )
             print(f"\nwebhook/neither = {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'NOT met'}); "
                   f"vap/neither = {vap_ratio:.2f}; webhook/vap = {ratio / vap_ratio:.2f}")  # fmt: skip

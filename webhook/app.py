@@ -1,4 +1,8 @@
-"""The FastAPI application: admission endpoints, health, readiness and metrics.
+"""The webhook's ASGI application: admission endpoints, health, readiness and metrics.
+
+``/mutate`` and ``/validate`` are a bare ASGI handler in front of a FastAPI app that serves the rest
+(health, readiness, metrics, lifespan): the admission path is called twice per create, and skipping
+FastAPI's middleware and routing there is measurably cheaper (docs/webhook.md, "Benchmarks").
 
 Request flow for ``POST /mutate`` and ``POST /validate``:
 
