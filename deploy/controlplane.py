@@ -135,7 +135,8 @@ def _build(target: Path, progress: Progress) -> None:
         f"kube-controller-manager) into {target}; a cold build takes several minutes and ~3 GB "
         "of memory, later builds reuse Go's cache"
     )
-    argv = [go, "build", "-v", f"-ldflags={LDFLAGS}", "-o", str(partial), "."]
+    # -buildvcs=false: a source tarball or a checkout git cannot read must still build.
+    argv = [go, "build", "-v", "-buildvcs=false", f"-ldflags={LDFLAGS}", "-o", str(partial), "."]
     started = time.monotonic()
     compiled = 0
     with open(log_path, "w") as log:
