@@ -18,25 +18,10 @@ import pytest
 from deploy import controlplane
 from deploy.controlplane import ControlPlane, StartError
 from tests.support.kubectl import Kubectl
+from tests.support.processes import processes_using
 
 REPO = Path(__file__).resolve().parents[2]
 GCLOUD_BIN = Path("/usr/lib/google-cloud-sdk/bin")
-
-
-def _processes_using(path: Path) -> list[str]:
-    """Command lines of every running process that mentions ``path``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if str(path) in cmdline and state != "Z":
-            found.append(f"{entry.name}: {cmdline[:200]}")
-    return found
 
 
 @pytest.fixture
@@ -60,7 +45,7 @@ def test_detached_plane_outlives_its_starter_and_stops_from_another_process(
 ) -> None:
     assert detached_plane.running
     assert detached_plane.server.startswith("https://127.0.0.1:")
-    assert len(_processes_using(detached_plane.workdir)) == 3  # etcd, kube-apiserver, kube-controller-manager
+    assert len(processes_using(detached_plane.workdir)) == 3  # etcd, kube-apiserver, kube-controller-manager
 
     kubectl = Kubectl(detached_plane.kubeconfig)
     assert "default" in kubectl("get", "namespaces", "-o", "name").stdout
@@ -74,7 +59,7 @@ def test_detached_plane_outlives_its_starter_and_stops_from_another_process(
 
     ControlPlane(detached_plane.workdir).stop()
     assert not detached_plane.running
-    assert _processes_using(detached_plane.workdir) == []
+    assert processes_using(detached_plane.workdir) == []
     ControlPlane(detached_plane.workdir).stop()  # stopping twice is harmless
 
 
@@ -86,7 +71,7 @@ def test_taken_port_says_what_to_do(tmp_path: Path) -> None:
         plane = ControlPlane(tmp_path / "cp", apiserver_port=port)
         with pytest.raises(StartError, match=rf"port {port} on 127.0.0.1 is taken: stop what listens there"):
             plane.start()
-    assert _processes_using(tmp_path / "cp") == []
+    assert processes_using(tmp_path / "cp") == []
 
 
 def test_missing_go_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ import pytest
 from deploy._process import PidFile
 from deploy.localstack import COMPONENTS, Component, LocalStack, StackInfo, http_ready
 from tests.support.kubectl import Kubectl
+from tests.support.processes import processes_using
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,21 +27,6 @@ def deploy_cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=240,
         check=False,
     )
-
-
-def _running_with(path: Path) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if str(path) in cmdline and state != "Z":
-            found.append(cmdline[:160])
-    return found
 
 
 def _echo_component() -> Component:
@@ -130,7 +116,7 @@ def test_up_status_down(state_dir: Path) -> None:
 
     kubectl("scale", "agdep", "research-agent", "--replicas=7")
     assert sorted(stack.down()) == ["agents", "control-plane", "controller", "echo", "redis", "webhook"]
-    assert _running_with(state_dir) == []
+    assert processes_using(state_dir) == []
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
 
     stopped = deploy_cli(state_dir, "status")
@@ -147,7 +133,7 @@ def test_up_status_down(state_dir: Path) -> None:
     assert _server(restarted.stdout) == server
     assert kubectl.json("get", "agdep", "research-agent")["spec"]["replicas"] == 7
     assert deploy_cli(state_dir, "down").returncode == 0
-    assert _running_with(state_dir) == []
+    assert processes_using(state_dir) == []
 
 
 def _server(up_stdout: str) -> str:
@@ -167,7 +153,7 @@ def test_failing_component_is_reported_with_its_log(state_dir: Path) -> None:
     ):
         stack.up(samples=False)
     stack.down()
-    assert _running_with(state_dir) == []
+    assert processes_using(state_dir) == []
 
 
 def test_agentops_cli_runs_the_same_commands(tmp_path: Path) -> None:
