@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from agent_runtime.budget import Budget
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -46,3 +51,10 @@ class RuntimeMetrics:
         self.redis_up = Gauge("agentops_redis_up", "1 if the last Redis command succeeded.", registry=r)
         self.budget_remaining_tokens.set(float("nan"))
         self.budget_remaining_cost.set(float("nan"))
+
+    def show_budget(self, budget: Budget) -> None:
+        """Copy the budget's last known remainders to the gauges (a disabled budget has none)."""
+        if budget.remaining_tokens is not None:
+            self.budget_remaining_tokens.set(budget.remaining_tokens)
+        if budget.remaining_cost_usd is not None:
+            self.budget_remaining_cost.set(budget.remaining_cost_usd)

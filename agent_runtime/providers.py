@@ -26,6 +26,8 @@ import httpx
 if TYPE_CHECKING:
     import anthropic
 
+    from agent_runtime.settings import Settings
+
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: Statuses worth another attempt: rate limited, server trouble, Anthropic's "overloaded" (529).
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
@@ -268,3 +270,14 @@ async def complete_with_retries(
                 if maybe is not None:
                     await maybe
             await asyncio.sleep(delay)
+
+
+def make_provider(settings: Settings) -> Provider:
+    """The provider the agent's configuration names."""
+    cfg = settings.config
+    if cfg.provider == "anthropic":
+        assert settings.api_key is not None  # Settings.from_env refuses an anthropic agent without one
+        return AnthropicProvider(model=cfg.model, api_key=settings.api_key, base_url=cfg.base_url)
+    if cfg.provider == "openai":
+        return OpenAICompatibleProvider(model=cfg.model, api_key=settings.api_key, base_url=cfg.base_url)
+    return OfflineProvider(model=cfg.model)
