@@ -539,15 +539,7 @@ def mutate(request: AdmissionRequest, policies: PolicySet) -> Decision:
 
     old_annotations = _annotations(original)
     annotations = dict(old_annotations)
-    stamps = expected_stamps(
-        operation=request.operation,
-        obj=original,
-        old=request.old_object,
-        username=request.user.username,
-        uid=request.user.uid,
-        groups=request.user.groups,
-        now=request.now,
-    )
+    stamps = _stamps_for(request, original)
     for key, value in stamps.items():  # _put, inlined: this runs six times per request
         if value is None:
             annotations.pop(key, None)
@@ -676,9 +668,9 @@ def _validate_scale(request: AdmissionRequest, policies: PolicySet) -> Decision:
     return Decision(allowed=not denials, denials=tuple(denials), warnings=tuple(warnings), audit=tuple(audit))
 
 
-def _stamp_mismatches(request: AdmissionRequest, obj: Mapping[str, Any], audit: list[str]) -> list[str]:
-    """Stamps that differ from what :func:`mutate` writes for this request."""
-    want = expected_stamps(
+def _stamps_for(request: AdmissionRequest, obj: Mapping[str, Any]) -> dict[str, str | None]:
+    """The prompt stamps this request must leave on ``obj`` (mutate writes them, validate checks them)."""
+    return expected_stamps(
         operation=request.operation,
         obj=obj,
         old=request.old_object,
@@ -687,6 +679,11 @@ def _stamp_mismatches(request: AdmissionRequest, obj: Mapping[str, Any], audit: 
         groups=request.user.groups,
         now=request.now,
     )
+
+
+def _stamp_mismatches(request: AdmissionRequest, obj: Mapping[str, Any], audit: list[str]) -> list[str]:
+    """Stamps that differ from what :func:`mutate` writes for this request."""
+    want = _stamps_for(request, obj)
     want[POLICY_VIOLATIONS] = _audit_value(audit)
     have = _annotations(obj)
     problems: list[str] = []

@@ -68,6 +68,28 @@ def ready(kubectl: Kubectl, agent: str, replicas: int = 1) -> None:
     )
 
 
+def ready_under_budget(kubectl: Kubectl, agent: str, tokens: int, timeout: float) -> None:
+    """A ready one-replica ``agent`` under a namespace policy: a daily Agent budget of ``tokens``."""
+    kubectl(
+        "apply", "-f", "-",
+        input=f"""\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentPolicy
+metadata: {{name: {agent}-budget}}
+spec: {{budget: {{tokens: {tokens}, period: day, scope: Agent}}}}
+""",
+    )  # fmt: skip
+    kubectl("apply", "-f", "-", input=AGENT.format(name=agent, replicas=1))
+    ready(kubectl, agent)
+    wait_for(
+        lambda: (
+            kubectl.json("get", "agdep", agent)["status"].get("usage", {}).get("remainingTokens") == tokens
+        ),
+        f"{agent}'s budget to reach its status",
+        timeout=timeout,
+    )
+
+
 def task_ids(r: Any, namespace: str, agent: str) -> list[str]:
     return [f[b"task_id"].decode() for _, f in r.xrange(task_stream(namespace, agent))]
 
@@ -209,21 +231,7 @@ def test_failing_step_fails_the_pipeline_with_its_message_and_counts_retries(
     kubectl: Kubectl, namespace: str, redis_url: str, controller: ControllerProcess, local_agents: None
 ) -> None:
     # A namespace budget of one token: every call is refused by the runtime itself (budget_exceeded).
-    kubectl(
-        "apply", "-f", "-",
-        input="""\
-apiVersion: agentops.agentops.io/v1alpha1
-kind: AgentPolicy
-metadata: {name: tiny-budget}
-spec: {budget: {tokens: 1, period: day, scope: Agent}}
-""",
-    )  # fmt: skip
-    kubectl("apply", "-f", "-", input=AGENT.format(name="broke", replicas=1))
-    ready(kubectl, "broke")
-    wait_for(
-        lambda: kubectl.json("get", "agdep", "broke")["status"].get("usage", {}).get("remainingTokens") == 1,
-        "the budget to reach the agent's status",
-    )
+    ready_under_budget(kubectl, "broke", tokens=1, timeout=30)
     kubectl(
         "apply", "-f", "-",
         input="""\
@@ -366,24 +374,7 @@ def test_budget_spent_flips_the_condition_and_posts_an_event(
     kubectl: Kubectl, namespace: str, redis_url: str, controller: ControllerProcess, local_agents: None,
     k8s_api: client.ApiClient,
 ) -> None:  # fmt: skip
-    kubectl(
-        "apply", "-f", "-",
-        input="""\
-apiVersion: agentops.agentops.io/v1alpha1
-kind: AgentPolicy
-metadata: {name: small-budget}
-spec: {budget: {tokens: 120, period: day, scope: Agent}}
-""",
-    )  # fmt: skip
-    kubectl("apply", "-f", "-", input=AGENT.format(name="spender", replicas=1))
-    ready(kubectl, "spender")
-    wait_for(
-        lambda: (
-            kubectl.json("get", "agdep", "spender")["status"].get("usage", {}).get("remainingTokens") == 120
-        ),
-        "the budget in status",
-        timeout=15,
-    )
+    ready_under_budget(kubectl, "spender", tokens=120, timeout=15)
     r: Any = redis.Redis.from_url(redis_url)
     reply = f"agentops:{namespace}:client:test:results"
     statuses: list[str] = []

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -80,6 +81,27 @@ def worker_settings(redis_url: str, ns: str, llm: FakeLLM, name: str, port: int)
     )
 
 
+@dataclass
+class WorkerProcess:
+    settings: Settings
+    port: int
+    proc: subprocess.Popen[bytes]
+    prompt: Path
+    log: Path
+
+
+def start_worker(
+    redis_url: str, ns: str, llm: FakeLLM, name: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> WorkerProcess:
+    """A worker subprocess named ``name`` (not yet ready: await :func:`wait_ready`)."""
+    port = free_port()
+    settings = worker_settings(redis_url, ns, llm, name, port)
+    prompt, log = tmp_path / f"{name}.prompt", tmp_path / f"{name}.log"
+    proc = spawn_worker(settings, prompt, log)
+    processes.append(proc)
+    return WorkerProcess(settings, port, proc, prompt, log)
+
+
 async def test_kill_9_mid_batch_then_restart_loses_nothing(
     redis_url: str,
     rdb: aioredis.Redis,
@@ -88,12 +110,9 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(
     tmp_path: Path,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    port = free_port()
-    settings = worker_settings(redis_url, ns, llm, "w1", port)
-    log = tmp_path / "w1.log"
-    proc = spawn_worker(settings, tmp_path / "prompt", log)
-    processes.append(proc)
-    await wait_ready(settings, port, proc, log)
+    worker = start_worker(redis_url, ns, llm, "w1", tmp_path, processes)
+    settings, proc, log = worker.settings, worker.proc, worker.log
+    await wait_ready(settings, worker.port, proc, log)
     task_ids = {await submit(rdb, ns, f"sleep:0.3 task {i}") for i in range(20)}
     while len(await entries(rdb, client_results_stream(ns, "test"))) < 4:  # noqa: ASYNC110 - polling Redis
         await asyncio.sleep(0.02)
@@ -103,7 +122,7 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(
     assert pending > 0, "the kill came too late to test anything"
 
     # Same worker name (as a StatefulSet pod or the local stack would have): it resumes its own entries.
-    restarted = spawn_worker(settings, tmp_path / "prompt", log)
+    restarted = spawn_worker(settings, worker.prompt, log)
     processes.append(restarted)
     found = await all_results(rdb, ns, task_ids, within=30)
     assert {r.task_id for r in found} == task_ids, tail(log)
@@ -123,14 +142,8 @@ async def test_two_workers_one_killed_survivor_reclaims(
     tmp_path: Path,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    ports = [free_port(), free_port()]
-    workers = []
-    for name, port in zip(("victim", "survivor"), ports, strict=True):
-        settings = worker_settings(redis_url, ns, llm, name, port)
-        log = tmp_path / f"{name}.log"
-        proc = spawn_worker(settings, tmp_path / f"{name}.prompt", log)
-        processes.append(proc)
-        workers.append((settings, port, proc, log))
+    spawned = [start_worker(redis_url, ns, llm, name, tmp_path, processes) for name in ("victim", "survivor")]
+    workers = [(w.settings, w.port, w.proc, w.log) for w in spawned]
     for settings, port, proc, log in workers:
         await wait_ready(settings, port, proc, log)
     task_ids = {await submit(rdb, ns, f"sleep:0.3 task {i}") for i in range(24)}
@@ -166,11 +179,8 @@ async def test_sigterm_finishes_in_flight_and_exits_0(
     tmp_path: Path,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    port = free_port()
-    settings = worker_settings(redis_url, ns, llm, "graceful", port)
-    log = tmp_path / "graceful.log"
-    proc = spawn_worker(settings, tmp_path / "prompt", log)
-    processes.append(proc)
+    worker = start_worker(redis_url, ns, llm, "graceful", tmp_path, processes)
+    settings, port, proc, log = worker.settings, worker.port, worker.proc, worker.log
     await wait_ready(settings, port, proc, log)
     task_ids = {await submit(rdb, ns, f"sleep:0.5 task {i}") for i in range(3)}
     while len(llm.calls) < 3:  # noqa: ASYNC110 - polling the fake server's thread
