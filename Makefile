@@ -39,16 +39,16 @@ redis:
 
 # Builds kcp once into ~/.cache/agentops (minutes when cold); a no-op when the cache is current.
 controlplane: venv
-	@$(PY) -c 'from deploy.controlplane import ensure_binary; print("control plane binary:", ensure_binary())'
+	@$(PY) -c 'from localstack.controlplane import ensure_binary; print("control plane binary:", ensure_binary())'
 
 up: venv redis
-	$(PY) -m deploy up
+	$(PY) -m localstack up
 
 down: venv
-	$(PY) -m deploy down
+	$(PY) -m localstack down
 
 status: venv
-	$(PY) -m deploy status
+	$(PY) -m localstack status
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -70,4 +70,4 @@ bench: venv redis controlplane
 	for f in "$${files[@]}"; do echo "== $$f"; PYTHONPATH=. $(PY) "$$f"; done
 
 crds: venv
-	$(PY) -m deploy.crds
+	$(PY) -m localstack.crds

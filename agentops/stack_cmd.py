@@ -1,6 +1,6 @@
-"""``agentops up|down|status``: the local stack, the same as ``python -m deploy up|down|status``.
+"""``agentops up|down|status``: the local stack, the same as ``python -m localstack up|down|status``.
 
-``deploy`` assembles every package and nothing imports it, so the CLI runs it as a module in
+``localstack`` assembles every package and nothing imports it, so the CLI runs it as a module in
 a child process of the same interpreter instead of importing it.
 """
 
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    argv = [sys.executable, "-m", "deploy"]
+    argv = [sys.executable, "-m", "localstack"]
     if args.state_dir:
         argv += ["--state-dir", args.state_dir]
     argv.append(args.stack_command)

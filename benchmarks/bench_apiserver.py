@@ -1,6 +1,6 @@
 """Create latency of AgentDeployments through the real kube-apiserver: webhook vs CEL vs nothing.
 
-One run, one control plane (:class:`deploy.controlplane.ControlPlane`), three namespaces:
+One run, one control plane (:class:`localstack.controlplane.ControlPlane`), three namespaces:
 
 - ``bench-none``: no admission policy of ours at all (the baseline);
 - ``bench-vap``: a ValidatingAdmissionPolicy with the same ceilings as the sample
@@ -324,8 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_null_hook(args.null_serve, args.cert_dir)
         return 0
 
-    from deploy.controlplane import ControlPlane
-    from deploy.crds import CRD_DIR
+    from localstack.controlplane import ControlPlane
+    from localstack.crds import CRD_DIR
 
     with tempfile.TemporaryDirectory(prefix="bench-apiserver-") as tmp:
         workdir = Path(tmp)

@@ -2,7 +2,7 @@
 
 Everything is real: a local control plane (etcd, kube-apiserver, kube-controller-manager), a
 real redis-server, the controller as a subprocess (``python -m controller``) and the agents as
-``python -m agent_runtime`` processes started by :mod:`deploy.local_agents` (offline provider).
+``python -m agent_runtime`` processes started by :mod:`localstack.agents` (offline provider).
 
 1. **Step handoff** - for each two-step pipeline ``first -> second``: the time between the
    first step's result entering the pipeline's result stream and the second step's task entering
@@ -37,11 +37,11 @@ import redis
 import yaml
 from kubernetes import client
 
-from deploy import _kube
-from deploy.controlplane import ControlPlane
-from deploy.crds import CRD_DIR
-from deploy.local_agents import run_local_agents
-from deploy.local_redis import RedisServer
+from localstack import _kube
+from localstack.agents import run_local_agents
+from localstack.controlplane import ControlPlane
+from localstack.crds import CRD_DIR
+from localstack.redis_server import RedisServer
 from policies.tasks import pipeline_results_stream, task_stream
 
 GROUP, VERSION = "agentops.agentops.io", "v1alpha1"

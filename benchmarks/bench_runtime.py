@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import redis
 
-from deploy.local_redis import RedisServer
+from localstack.redis_server import RedisServer
 from policies.runtime_config import RuntimeConfig
 from policies.tasks import CONSUMER_GROUP, Result, Task, client_results_stream, task_stream
 

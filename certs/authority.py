@@ -1,7 +1,7 @@
 """Key and certificate generation: private CAs and the leaf certificates they sign.
 
 This is the one place certificates are built: the webhook's CA and serving certificate, and
-(through :mod:`deploy._pki`) the local control plane's CAs, serving and client certificates.
+(through :mod:`localstack._pki`) the local control plane's CAs, serving and client certificates.
 
 Everything here is pure computation over ``cryptography`` objects and PEM bytes: no files, no
 network, and the clock is always passed in, so rotation decisions are testable to the second.

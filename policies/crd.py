@@ -4,7 +4,7 @@ The API server needs a *structural* OpenAPI v3 schema: every node typed, no ``$r
 no ``anyOf`` over types.  Pydantic's JSON Schema is close; :func:`structural` inlines
 references, turns ``X | None`` into an optional ``X`` and drops what Kubernetes does not
 accept (titles, ``null`` defaults).  ``deploy/crds/*.yaml`` is this module's output
-(``python -m deploy.crds``), and a test fails if the two differ.
+(``python -m localstack.crds``), and a test fails if the two differ.
 """
 
 from __future__ import annotations

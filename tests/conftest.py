@@ -2,13 +2,13 @@
 
 The contract (other suites depend on exactly these names and types):
 
-- ``control_plane`` (session): a started :class:`deploy.controlplane.ControlPlane` with every CRD
+- ``control_plane`` (session): a started :class:`localstack.controlplane.ControlPlane` with every CRD
   in ``deploy/crds/`` applied and Established.
 - ``k8s_api`` (session): a ``kubernetes.client.ApiClient`` authenticated as the cluster admin.
 - ``namespace`` (function): a fresh namespace, deleted (without waiting) after the test.
 - ``kubectl`` (function): :class:`tests.support.kubectl.Kubectl` bound to the test namespace;
   ``cluster_kubectl`` (session): the same without a namespace, for cluster-scoped work.
-- ``redis_server`` (session): a started :class:`deploy.local_redis.RedisServer`;
+- ``redis_server`` (session): a started :class:`localstack.redis_server.RedisServer`;
   ``redis_url`` (function): its URL, with every database flushed before the test.
 
 Tests that use the control plane or Redis are marked ``cluster`` / ``redis`` automatically,
@@ -31,10 +31,10 @@ import redis
 import yaml
 from kubernetes import client
 
-from deploy import _kube
-from deploy.controlplane import ControlPlane
-from deploy.crds import CRD_DIR
-from deploy.local_redis import RedisServer
+from localstack import _kube
+from localstack.controlplane import ControlPlane
+from localstack.crds import CRD_DIR
+from localstack.redis_server import RedisServer
 from tests.support.kubectl import Kubectl
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = {"policies", "certs", "webhook", "controller", "agent_runtime", "agentops", "deploy"}
+OURS = {"policies", "certs", "webhook", "controller", "agent_runtime", "agentops", "localstack"}
 ALLOWED: dict[str, set[str]] = {
     "policies": set(),
     "certs": {"policies"},
     "webhook": {"policies", "certs"},
     "controller": {"policies"},
     "agent_runtime": {"policies"},
-    "agentops": OURS,
-    "deploy": OURS,
+    "agentops": OURS - {"localstack"},
+    "localstack": OURS,
 }
 
 

@@ -3,7 +3,7 @@
 ``controller`` starts ``python -m controller --namespace <test namespace>`` against the session's
 control plane and Redis (offline fallback on, standalone, fast resync) and stops it after the
 test; ``controller.kill()`` sends SIGKILL and ``controller.start()`` starts it again, for crash
-tests.  ``local_agents`` runs :func:`deploy.local_agents.run_local_agents` in a thread, so agent
+tests.  ``local_agents`` runs :func:`localstack.agents.run_local_agents` in a thread, so agent
 pods become real ``python -m agent_runtime`` processes whose readiness reaches Pod status.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from deploy.controlplane import ControlPlane
-from deploy.local_agents import run_local_agents
+from localstack.agents import run_local_agents
+from localstack.controlplane import ControlPlane
 
 
 def wait_for(probe: Callable[[], Any], what: str, timeout: float = 30.0, interval: float = 0.1) -> Any:

@@ -277,7 +277,7 @@ def test_with_an_api_key_the_local_stack_gives_agents_claude_through_a_secret(
     tmp_path: Any,
     monkeypatch: Any,
 ) -> None:
-    from deploy.local_agents import API_KEY_SECRET, Launcher
+    from localstack.agents import API_KEY_SECRET, Launcher
     from tests.controller.conftest import controller_argv
 
     env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from kubernetes import client
 
-from deploy.local_agents import run_local_agents
+from localstack.agents import run_local_agents
 from policies.tasks import pipeline_results_stream, task_stream
 from tests.controller.conftest import ControllerProcess, wait_for
 from tests.support.kubectl import Kubectl

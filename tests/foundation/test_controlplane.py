@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import controlplane
-from deploy.controlplane import ControlPlane, StartError
+from localstack import controlplane, gobuild
+from localstack.controlplane import ControlPlane, StartError
 from tests.support.kubectl import Kubectl
 from tests.support.processes import processes_using
 
@@ -26,10 +26,10 @@ GCLOUD_BIN = Path("/usr/lib/google-cloud-sdk/bin")
 
 @pytest.fixture
 def detached_plane(tmp_path: Path) -> Iterator[ControlPlane]:
-    """A control plane started by a process that has already exited, as ``python -m deploy up`` does."""
+    """A control plane started by a process that has already exited, as ``python -m localstack up`` does."""
     workdir = tmp_path / "cp"
     script = (
-        "from pathlib import Path; from deploy.controlplane import ControlPlane; "
+        "from pathlib import Path; from localstack.controlplane import ControlPlane; "
         f"ControlPlane(Path({str(workdir)!r})).start()"
     )
     subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=180, capture_output=True)
@@ -77,7 +77,7 @@ def test_taken_port_says_what_to_do(tmp_path: Path) -> None:
 def test_missing_go_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTOPS_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(controlplane, "GO_FALLBACKS", ())
+    monkeypatch.setattr(gobuild, "GO_FALLBACKS", ())
     with pytest.raises(StartError, match=r"`go` is not on PATH: install Go >= 1.24"):
         controlplane.ensure_binary(progress=lambda _: None)
 

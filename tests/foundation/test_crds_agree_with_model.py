@@ -1,6 +1,6 @@
 """The CRDs, the generated YAML and the shared model agree.
 
-1. ``deploy/crds/*.yaml`` is exactly what ``python -m deploy.crds`` writes (no hand edits, no drift).
+1. ``deploy/crds/*.yaml`` is exactly what ``python -m localstack.crds`` writes (no hand edits, no drift).
 2. Every sample and a set of generated objects round-trip: what the API server stores (after
    its own schema defaulting) is what :mod:`policies.models` produces for the same input, and
    the model reads the stored object back unchanged.  A field the model has and the CRD
@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 
-from deploy._kube import request
-from deploy.crds import CRD_DIR, crd_files
+from localstack._kube import request
+from localstack.crds import CRD_DIR, crd_files
 from policies import models
 from tests.support.seed import SEED_AGENT, SEED_PIPELINE
 
@@ -33,9 +33,9 @@ GROUP, VERSION = models.GROUP, models.VERSION
 def test_crd_files_match_the_model() -> None:
     expected = crd_files()
     on_disk = {p: p.read_text() for p in CRD_DIR.glob("*.yaml")}
-    assert set(on_disk) == set(expected), "run `python -m deploy.crds` and commit the result"
+    assert set(on_disk) == set(expected), "run `python -m localstack.crds` and commit the result"
     for path, text in expected.items():
-        assert on_disk[path] == text, f"{path.name} differs from the model: run `python -m deploy.crds`"
+        assert on_disk[path] == text, f"{path.name} differs from the model: run `python -m localstack.crds`"
 
 
 def test_every_resource_has_a_crd(k8s_api: client.ApiClient) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from deploy import local_redis
-from deploy.local_redis import RedisServer, StartError
+from localstack import redis_server as local_redis
+from localstack.redis_server import RedisServer, StartError
 
 
 def test_fixture_url_is_flushed(redis_url: str, redis_server: RedisServer) -> None:

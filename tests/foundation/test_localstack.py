@@ -1,4 +1,4 @@
-"""The local stack: ``python -m deploy up|status|down`` and the component registration point."""
+"""The local stack: ``python -m localstack up|status|down`` and the component registration point."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from deploy._process import PidFile
-from deploy.localstack import COMPONENTS, Component, LocalStack, StackInfo, http_ready
+from localstack._process import PidFile
+from localstack.stack import COMPONENTS, Component, LocalStack, StackInfo, http_ready
 from tests.support.kubectl import Kubectl
 from tests.support.processes import processes_using
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def deploy_cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def stack_cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deploy", "--state-dir", str(state_dir), *args],
+        [sys.executable, "-m", "localstack", "--state-dir", str(state_dir), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -60,7 +60,7 @@ def _wait_for(what: str, check: Callable[[], bool], timeout: float = 90) -> None
 
 
 def test_up_status_down(state_dir: Path) -> None:
-    up = deploy_cli(state_dir, "up")
+    up = stack_cli(state_dir, "up")
     assert up.returncode == 0, up.stderr
     kubeconfig = state_dir / "controlplane" / "kubeconfig"
     assert f"export KUBECONFIG={kubeconfig}" in up.stdout
@@ -94,11 +94,11 @@ def test_up_status_down(state_dir: Path) -> None:
     assert denied.returncode != 0
     assert "spec.replicas: 50 exceeds 10 set by ClusterAgentPolicy/org-defaults" in denied.stderr
 
-    again = deploy_cli(state_dir, "up")
+    again = stack_cli(state_dir, "up")
     assert again.returncode == 0
     assert "already running" in again.stderr
 
-    status = deploy_cli(state_dir, "status")
+    status = stack_cli(state_dir, "status")
     assert status.returncode == 0
     assert "control-plane    running" in status.stdout
 
@@ -119,20 +119,20 @@ def test_up_status_down(state_dir: Path) -> None:
     assert processes_using(state_dir) == []
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
 
-    stopped = deploy_cli(state_dir, "status")
+    stopped = stack_cli(state_dir, "status")
     assert stopped.returncode == 3
     assert "control-plane    stopped" in stopped.stdout
-    assert deploy_cli(state_dir, "down").stdout.strip() == "nothing was running"
+    assert stack_cli(state_dir, "down").stdout.strip() == "nothing was running"
 
     # Up again: same server URL (the copied kubeconfig still works) and the cluster's data is kept.
     server = _server(up.stdout)
     with pytest.raises(AssertionError):
         kubectl("get", "agdep", "research-agent", timeout=10)  # really down
-    restarted = deploy_cli(state_dir, "up", "--no-samples")
+    restarted = stack_cli(state_dir, "up", "--no-samples")
     assert restarted.returncode == 0, restarted.stderr
     assert _server(restarted.stdout) == server
     assert kubectl.json("get", "agdep", "research-agent")["spec"]["replicas"] == 7
-    assert deploy_cli(state_dir, "down").returncode == 0
+    assert stack_cli(state_dir, "down").returncode == 0
     assert processes_using(state_dir) == []
 
 

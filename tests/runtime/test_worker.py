@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from agent_runtime.worker import Worker
-from deploy.local_redis import RedisServer
+from localstack.redis_server import RedisServer
 from policies.prices import PriceTable
 from policies.tasks import (
     CONSUMER_GROUP,

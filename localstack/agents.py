@@ -27,7 +27,7 @@ use Claude.  Without it the controller (``--offline-fallback``) runs them on the
 and says so in ``status.effectiveProvider``.
 
 Use :func:`run_local_agents` (blocking; stop it by setting the ``threading.Event``) or
-``python -m deploy.local_agents --kubeconfig KUBECONFIG [--namespace NS] [--workdir DIR]``.
+``python -m localstack.agents --kubeconfig KUBECONFIG [--namespace NS] [--workdir DIR]``.
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from deploy import _kube
+from localstack import _kube
 from policies.models import GROUP, LABEL_AGENT, VERSION
 
-logger = logging.getLogger("deploy.local_agents")
+logger = logging.getLogger("localstack.agents")
 
 HTTP_PORT_ENV = "AGENTOPS_HTTP_PORT"
 HTTP_HOST_ENV = "AGENTOPS_HTTP_HOST"
@@ -405,9 +405,7 @@ def run_local_agents(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m deploy.local_agents", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m localstack.agents", description=__doc__.splitlines()[0])
     state = os.environ.get("AGENTOPS_STATE_DIR")
     parser.add_argument(
         "--kubeconfig",

@@ -1,10 +1,14 @@
-// Command kcp is the local Kubernetes control plane used by the agentops-operator
-// test suite and local stack: etcd, kube-apiserver and kube-controller-manager,
-// built from the official Kubernetes Go modules into one busybox-style binary.
+// Command kcp is the local Kubernetes cluster used by the agentops-operator test
+// suite and local stack: etcd, kube-apiserver, kube-controller-manager and, for the
+// real node, kube-scheduler, kubelet and kube-proxy, built from the official
+// Kubernetes Go modules into one busybox-style binary.
 //
 //	kcp etcd --data-dir DIR --client-url http://127.0.0.1:PORT --peer-url http://127.0.0.1:PORT
 //	kcp kube-apiserver [kube-apiserver flags]
 //	kcp kube-controller-manager [kube-controller-manager flags]
+//	kcp kube-scheduler [kube-scheduler flags]
+//	kcp kubelet [kubelet flags]
+//	kcp kube-proxy [kube-proxy flags]
 //
 // Each component runs in its own process (the Python launcher in deploy/ starts
 // them), because kube-apiserver and kube-controller-manager both register
@@ -24,11 +28,14 @@ import (
 	"k8s.io/component-base/cli"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kcp etcd|kube-apiserver|kube-controller-manager [flags]")
+		fmt.Fprintln(os.Stderr, "usage: kcp etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy [flags]")
 		os.Exit(2)
 	}
 	component := os.Args[1]
@@ -41,10 +48,16 @@ func main() {
 		os.Exit(cli.Run(apiserver.NewAPIServerCommand()))
 	case "kube-controller-manager":
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
+	case "kube-scheduler":
+		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand()))
+	case "kube-proxy":
+		os.Exit(cli.Run(proxy.NewProxyCommand()))
 	case "version":
 		fmt.Println("kcp: kubernetes control plane for agentops-operator")
 	default:
-		fmt.Fprintf(os.Stderr, "kcp: unknown component %q (want etcd, kube-apiserver or kube-controller-manager)\n", component)
+		fmt.Fprintf(os.Stderr, "kcp: unknown component %q (want etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet or kube-proxy)\n", component)
 		os.Exit(2)
 	}
 }

@@ -1,10 +1,10 @@
 """The local stack: the whole system on one machine, started in the background.
 
-``python -m deploy up`` (also ``agentops up`` and ``make up``):
+``python -m localstack up`` (also ``agentops up`` and ``make up``):
 
 1. checks for what it needs and installs what is missing (``redis-server`` through apt-get
    when run as root; the Go toolchain is only needed for the first control-plane build);
-2. starts the control plane (:mod:`deploy.controlplane`) and Redis (:mod:`deploy.local_redis`),
+2. starts the control plane (:mod:`localstack.controlplane`) and Redis (:mod:`localstack.redis_server`),
    detached, so they keep running after the command returns;
 3. installs the CRDs, then starts every registered :data:`COMPONENTS` entry in order,
    waiting for each to be ready;
@@ -39,15 +39,15 @@ from typing import Any
 
 import yaml
 
-from deploy import _kube, _process
-from deploy._process import PidFile, StartError
-from deploy.controlplane import ControlPlane
-from deploy.crds import CRD_DIR
-from deploy.local_agents import API_KEY_SECRET
-from deploy.local_redis import FALLBACK_BINARY, RedisServer
+from localstack import _kube, _process
+from localstack._process import PidFile, StartError
+from localstack.agents import API_KEY_SECRET
+from localstack.controlplane import ControlPlane
+from localstack.crds import CRD_DIR
+from localstack.redis_server import FALLBACK_BINARY, RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+SAMPLES_DIR = REPO_ROOT / "deploy" / "samples"
 #: Samples are applied in this order of kinds: policies before the agents they govern.
 _KIND_ORDER = ("ClusterAgentPolicy", "AgentPolicy", "AgentDeployment", "AgentPipeline")
 
@@ -171,7 +171,7 @@ def _controller_argv(info: StackInfo) -> list[str]:
 
 def _agents_argv(info: StackInfo) -> list[str]:
     return [
-        *python_module("deploy.local_agents")(info),
+        *python_module("localstack.agents")(info),
         *("--kubeconfig", str(info.kubeconfig), "--workdir", str(info.state_dir / "agents")),
     ]
 
@@ -371,7 +371,7 @@ API server: {info.server}
 Redis:      {info.redis_url}
 Provider:   {provider}
 Logs:       {info.state_dir}/controlplane/logs/, {info.state_dir}/logs/
-Stop with:  python -m deploy down   (or: agentops down, make down)
+Stop with:  python -m localstack down   (or: agentops down, make down)
 """
     )
     return 0
@@ -399,7 +399,9 @@ def cmd_status(stack: LocalStack) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m deploy", description="Run agentops-operator locally.")
+    parser = argparse.ArgumentParser(
+        prog="python -m localstack", description="Run agentops-operator locally."
+    )
     parser.add_argument("--state-dir", type=Path, default=None, help="default: .local/ in the checkout")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="start the local stack in the background (idempotent)")
@@ -418,5 +420,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; run `python -m deploy down` to stop what did start", file=sys.stderr)
+        print("interrupted; run `python -m localstack down` to stop what did start", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""Write ``deploy/crds/*.yaml`` from the shared model: ``python -m deploy.crds``."""
+"""Write ``deploy/crds/*.yaml`` from the shared model: ``python -m localstack.crds``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import yaml
 
 from policies.crd import all_crds
 
-CRD_DIR = Path(__file__).parent / "crds"
-HEADER = "# Generated from policies/models.py by `python -m deploy.crds`; do not edit by hand.\n"
+CRD_DIR = Path(__file__).resolve().parent.parent / "deploy" / "crds"
+HEADER = "# Generated from policies/models.py by `python -m localstack.crds`; do not edit by hand.\n"
 
 
 def render(crd: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """A real, local Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager.
 
 The three components come from one binary, ``kcp``, built from the official Kubernetes Go
-modules by the Go module in ``deploy/controlplane/`` (Kubernetes v1.33; see its ``main.go``).
+modules by the Go module in ``localstack/kcp/`` (Kubernetes v1.33; see its ``main.go``).
 :func:`ensure_binary` builds it once into ``~/.cache/agentops/kcp-<hash>``, where the hash
 covers ``go.mod``, ``go.sum`` and the Go sources, so a new pin builds a new binary and an
 unchanged one is reused.  Concurrent test sessions share the build through a file lock.
@@ -26,14 +26,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
-import os
-import shutil
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -42,18 +38,17 @@ from typing import Any
 
 import yaml
 
-from deploy import _process
-from deploy._pki import FRONT_PROXY_CLIENT, SERVICE_CLUSTER_IP_RANGE, Pki, ensure_pki
-from deploy._process import PidFile, StartError
+from localstack import _process
+from localstack._pki import FRONT_PROXY_CLIENT, SERVICE_CLUSTER_IP_RANGE, Pki, ensure_pki
+from localstack._process import PidFile, StartError
+from localstack.gobuild import GoTool, Progress, cache_dir
 
-__all__ = ["ControlPlane", "StartError", "binary_path", "ensure_binary"]
+__all__ = ["KCP", "ControlPlane", "StartError", "binary_path", "cache_dir", "ensure_binary"]
 
-SOURCE_DIR = Path(__file__).parent / "controlplane"
+SOURCE_DIR = Path(__file__).parent / "kcp"
 KUBERNETES_VERSION = "v1.33.13"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
 _START_ATTEMPTS = 3
-#: Where Go's official tarball and Debian's golang package put `go` when it is not on PATH.
-GO_FALLBACKS: tuple[str, ...] = ("/usr/local/go/bin/go", "/usr/lib/go/bin/go")
 _VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
 #: ``-s -w`` drops debug information (a smaller binary, a faster link).  The ``-X`` flags
 #: stamp the release, as Kubernetes' own build does: without them the server reports
@@ -73,111 +68,31 @@ LDFLAGS = " ".join(
     ]
 )
 
-Progress = Callable[[str], None]
+KCP = GoTool(
+    name="kcp",
+    source_dir=SOURCE_DIR,
+    ldflags=LDFLAGS,
+    describe=f"the Kubernetes {KUBERNETES_VERSION} cluster binary (etcd, kube-apiserver, "
+    "kube-controller-manager, kube-scheduler, kubelet, kube-proxy; ~3 GB of memory when cold)",
+)
 
 
 def _stderr(message: str) -> None:
     print(f"[controlplane] {message}", file=sys.stderr, flush=True)
 
 
-def cache_dir() -> Path:
-    """``$AGENTOPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/agentops``, else ``~/.cache/agentops``."""
-    if explicit := os.environ.get("AGENTOPS_CACHE_DIR"):
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "agentops"
-
-
 def source_hash() -> str:
     """sha256 over the Go module's pins and sources: the cache key of the built binary."""
-    digest = hashlib.sha256()
-    files = [SOURCE_DIR / "go.mod", SOURCE_DIR / "go.sum", *sorted(SOURCE_DIR.glob("*.go"))]
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(LDFLAGS.encode())
-    return digest.hexdigest()
+    return KCP.source_hash()
 
 
 def binary_path() -> Path:
-    return cache_dir() / f"kcp-{source_hash()[:16]}"
-
-
-def _find_go() -> str:
-    found = shutil.which("go") or next((p for p in GO_FALLBACKS if Path(p).exists()), None)
-    if found is None:
-        raise StartError(
-            "the Go toolchain is needed once to build the local Kubernetes control plane, and `go` "
-            "is not on PATH: install Go >= 1.24 (https://go.dev/doc/install, or `apt-get install -y "
-            "golang-go` if your distribution ships >= 1.24) and run the command again"
-        )
-    return found
+    return KCP.path()
 
 
 def ensure_binary(progress: Progress = _stderr) -> Path:
     """The cached ``kcp`` binary, built first if the Go module changed since the last build."""
-    target = binary_path()
-    if target.exists():
-        return target
-    waiting = "another process is building the control plane; waiting for it"
-    with _process.exclusive_lock(target.parent / "kcp.lock", lambda: progress(waiting)):
-        if target.exists():  # the other process finished the build while we waited
-            return target
-        _build(target, progress)
-    return target
-
-
-def _build(target: Path, progress: Progress) -> None:
-    go = _find_go()
-    log_path = target.parent / "kcp-build.log"
-    partial = target.with_suffix(".partial")
-    progress(
-        f"building the Kubernetes {KUBERNETES_VERSION} control plane (etcd, kube-apiserver, "
-        f"kube-controller-manager) into {target}; a cold build takes several minutes and ~3 GB "
-        "of memory, later builds reuse Go's cache"
-    )
-    # -buildvcs=false: a source tarball or a checkout git cannot read must still build.
-    argv = [go, "build", "-v", "-buildvcs=false", f"-ldflags={LDFLAGS}", "-o", str(partial), "."]
-    started = time.monotonic()
-    compiled = 0
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            argv, cwd=SOURCE_DIR, stdout=log, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
-        )
-        assert proc.stderr is not None
-        done = threading.Event()
-
-        def report() -> None:
-            while not done.wait(20):
-                elapsed = time.monotonic() - started
-                progress(f"still building: {compiled} packages compiled, {elapsed:.0f}s elapsed")
-
-        reporter = threading.Thread(target=report, daemon=True)
-        reporter.start()
-        try:
-            # `go build -v` names each package as it compiles it: a cheap progress counter.
-            for line in proc.stderr:
-                log.write(line)
-                compiled += 1
-            status = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            partial.unlink(missing_ok=True)
-            raise
-        finally:
-            done.set()
-    if status != 0:
-        partial.unlink(missing_ok=True)
-        raise StartError(
-            f"building the control plane failed (go build exit {status}); see {log_path}:\n"
-            + _process.tail(log_path)
-        )
-    partial.replace(target)
-    # Older builds are ~120 MB each and never used again; running processes keep their inode.
-    for old in target.parent.glob("kcp-*"):
-        if old != target and old.suffix == "" and old.name != log_path.name:
-            old.unlink(missing_ok=True)
-    progress(f"built {target.name} in {time.monotonic() - started:.0f}s")
+    return KCP.ensure(progress)
 
 
 def _kubeconfig(server: str, pki: Pki, user: str, cert: Path, key: Path) -> dict[str, Any]:
@@ -257,7 +172,7 @@ class ControlPlane:
         if any(self._pid_file(c).alive_pid() is not None for c in COMPONENTS):
             raise StartError(
                 f"a control plane is already running in {self.workdir}; stop it first "
-                "(ControlPlane(workdir).stop() or `python -m deploy down`)"
+                "(ControlPlane(workdir).stop() or `python -m localstack down`)"
             )
         crd_list = list(crds)
         binary = ensure_binary(self._progress)
@@ -319,7 +234,7 @@ class ControlPlane:
         ssl_ctx = _client_ssl(pki)
         self._wait("kube-apiserver", lambda: _http_ok(f"{self.server}/readyz", ssl_ctx), deadline)
         if crds:
-            from deploy import _kube  # the kubernetes client is slow to import; only load it when used
+            from localstack import _kube  # the kubernetes client is slow to import; only load it when used
 
             _kube.install_crds(
                 _kube.api_client(self.kubeconfig), crds, timeout=max(deadline - time.monotonic(), 5)

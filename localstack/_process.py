@@ -3,7 +3,7 @@
 Every process we start runs in its own session (so its process group id is its pid and a
 signal to the group reaches anything it forked), writes its output to a log file, and is
 recorded in a pid file.  The pid file holds the pid and the process's start time from
-``/proc``, so a later ``stop`` - possibly from another process, such as ``python -m deploy
+``/proc``, so a later ``stop`` - possibly from another process, such as ``python -m localstack
 down`` - never signals an unrelated process that happens to reuse the pid.
 
 Test fixtures ask for ``die_with_parent``: the kernel then sends SIGKILL to the child when

@@ -23,8 +23,8 @@ from typing import Literal
 
 import redis
 
-from deploy import _process
-from deploy._process import PidFile, StartError
+from localstack import _process
+from localstack._process import PidFile, StartError
 
 __all__ = ["RedisServer", "StartError"]
 
