@@ -40,6 +40,10 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 KUBERNETES_SERVICE_IP = "10.0.0.1"
 #: The common name the API server accepts on requests proxied by its aggregation layer.
 FRONT_PROXY_CLIENT = "front-proxy-client"
+#: The real node (see :mod:`localstack.node`): its name and its address inside the cluster's own
+#: network namespace.  Nothing outside that namespace can reach or see this address.
+NODE_NAME = "agentops-node"
+NODE_IP = "10.200.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,48 @@ class Pki:
         return self.root / "controller-manager.key"
 
     @property
+    def scheduler_cert(self) -> Path:
+        return self.root / "scheduler.crt"
+
+    @property
+    def scheduler_key(self) -> Path:
+        return self.root / "scheduler.key"
+
+    @property
+    def kubelet_cert(self) -> Path:
+        """The kubelet's client certificate: ``system:node:<name>`` in ``system:nodes``."""
+        return self.root / "kubelet-client.crt"
+
+    @property
+    def kubelet_key(self) -> Path:
+        return self.root / "kubelet-client.key"
+
+    @property
+    def kubelet_serving_cert(self) -> Path:
+        return self.root / "kubelet-serving.crt"
+
+    @property
+    def kubelet_serving_key(self) -> Path:
+        return self.root / "kubelet-serving.key"
+
+    @property
+    def proxy_cert(self) -> Path:
+        return self.root / "kube-proxy.crt"
+
+    @property
+    def proxy_key(self) -> Path:
+        return self.root / "kube-proxy.key"
+
+    @property
+    def apiserver_kubelet_client_cert(self) -> Path:
+        """What the API server shows the kubelet for logs, exec and port-forward."""
+        return self.root / "apiserver-kubelet-client.crt"
+
+    @property
+    def apiserver_kubelet_client_key(self) -> Path:
+        return self.root / "apiserver-kubelet-client.key"
+
+    @property
     def front_proxy_ca_cert(self) -> Path:
         return self.root / "front-proxy-ca.crt"
 
@@ -110,6 +156,16 @@ class Pki:
             self.admin_key,
             self.controller_manager_cert,
             self.controller_manager_key,
+            self.scheduler_cert,
+            self.scheduler_key,
+            self.kubelet_cert,
+            self.kubelet_key,
+            self.kubelet_serving_cert,
+            self.kubelet_serving_key,
+            self.proxy_cert,
+            self.proxy_key,
+            self.apiserver_kubelet_client_cert,
+            self.apiserver_kubelet_client_key,
             self.front_proxy_ca_cert,
             self.front_proxy_client_cert,
             self.front_proxy_client_key,
@@ -132,8 +188,11 @@ def _write_pair(cert_path: Path, key_path: Path, pair: KeyPair) -> None:
 
 
 def _apiserver_hosts() -> Hosts:
-    """The API server's names: loopback for the host, the ``kubernetes`` Service for pods."""
-    return Hosts(dns_names=APISERVER_DNS_NAMES, ip_addresses=("127.0.0.1", KUBERNETES_SERVICE_IP))
+    """The API server's names: loopback for the host, the node's address and the ``kubernetes``
+    Service for pods."""
+    return Hosts(
+        dns_names=APISERVER_DNS_NAMES, ip_addresses=("127.0.0.1", NODE_IP, KUBERNETES_SERVICE_IP)
+    )
 
 
 def _leaves(
@@ -149,6 +208,25 @@ def _leaves(
         ),
         (pki.controller_manager_cert, pki.controller_manager_key): issue_client_cert(
             ca, "system:kube-controller-manager", now, lifetime=_VALIDITY
+        ),
+        (pki.scheduler_cert, pki.scheduler_key): issue_client_cert(
+            ca, "system:kube-scheduler", now, lifetime=_VALIDITY
+        ),
+        (pki.kubelet_cert, pki.kubelet_key): issue_client_cert(
+            ca, f"system:node:{NODE_NAME}", now, organizations=("system:nodes",), lifetime=_VALIDITY
+        ),
+        (pki.kubelet_serving_cert, pki.kubelet_serving_key): issue_cert(
+            ca,
+            NODE_NAME,
+            now,
+            usage="server",
+            hosts=Hosts(dns_names=(NODE_NAME, "localhost"), ip_addresses=(NODE_IP, "127.0.0.1")),
+            lifetime=_VALIDITY,
+        ),
+        # The bootstrap RBAC policy binds the user system:kube-proxy to system:node-proxier.
+        (pki.proxy_cert, pki.proxy_key): issue_client_cert(ca, "system:kube-proxy", now, lifetime=_VALIDITY),
+        (pki.apiserver_kubelet_client_cert, pki.apiserver_kubelet_client_key): issue_client_cert(
+            ca, "kube-apiserver-kubelet-client", now, organizations=("system:masters",), lifetime=_VALIDITY
         ),
         (pki.front_proxy_client_cert, pki.front_proxy_client_key): issue_client_cert(
             front_proxy_ca, FRONT_PROXY_CLIENT, now, lifetime=_VALIDITY

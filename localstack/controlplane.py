@@ -39,11 +39,19 @@ from typing import Any
 import yaml
 
 from localstack import _process
-from localstack._pki import FRONT_PROXY_CLIENT, SERVICE_CLUSTER_IP_RANGE, Pki, ensure_pki
+from localstack._pki import FRONT_PROXY_CLIENT, NODE_IP, SERVICE_CLUSTER_IP_RANGE, Pki, ensure_pki
 from localstack._process import PidFile, StartError
 from localstack.gobuild import GoTool, Progress, cache_dir
 
-__all__ = ["KCP", "ControlPlane", "StartError", "binary_path", "cache_dir", "ensure_binary"]
+__all__ = [
+    "KCP",
+    "ControlPlane",
+    "StartError",
+    "binary_path",
+    "cache_dir",
+    "ensure_binary",
+    "write_kubeconfig",
+]
 
 SOURCE_DIR = Path(__file__).parent / "kcp"
 KUBERNETES_VERSION = "v1.33.13"
@@ -127,9 +135,15 @@ class ControlPlane:
         *,
         apiserver_port: int | None = None,
         die_with_parent: bool = False,
+        with_node: bool = False,
         progress: Progress = _stderr,
     ) -> None:
+        """``with_node``: the control plane of :mod:`localstack.node`, run inside the node's own
+        network namespace: it listens on every address there, advertises the node's address for
+        the ``kubernetes`` Service, authorizes kubelets with the Node authorizer and reaches them
+        for logs and exec."""
         self.workdir = workdir.resolve()
+        self._with_node = with_node
         self.kubeconfig = self.workdir / "kubeconfig"
         self.ca_file = self.workdir / "pki" / "ca.crt"
         self._requested_port = apiserver_port
@@ -256,24 +270,40 @@ class ControlPlane:
         self._progress(f"control plane ready at {self.server} in {time.monotonic() - started:.1f}s")
 
     def _apiserver_flags(self, pki: Pki, port: int, etcd_url: str) -> list[str]:
+        if self._with_node:
+            where = [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={NODE_IP}",
+                # Pods reach the API server through the `kubernetes` Service: it needs endpoints.
+                "--endpoint-reconciler-type=lease",
+                "--authorization-mode=Node,RBAC",
+                f"--kubelet-client-certificate={pki.apiserver_kubelet_client_cert}",
+                f"--kubelet-client-key={pki.apiserver_kubelet_client_key}",
+                f"--kubelet-certificate-authority={pki.ca_cert}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            where = [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--authorization-mode=RBAC",
+                # The `kubernetes` Service's endpoints would point at 127.0.0.1, which the API
+                # refuses for Endpoints; nothing in a local cluster without pods needs them.
+                "--endpoint-reconciler-type=none",
+            ]
         return [
+            *where,
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
             f"--secure-port={port}",
             f"--tls-cert-file={pki.apiserver_cert}",
             f"--tls-private-key-file={pki.apiserver_key}",
             f"--client-ca-file={pki.ca_cert}",
-            "--authorization-mode=RBAC",
             "--anonymous-auth=false",
             f"--service-account-key-file={pki.service_account_pub}",
             f"--service-account-signing-key-file={pki.service_account_key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true",
-            # The `kubernetes` Service's endpoints would point at 127.0.0.1, which the API refuses
-            # for Endpoints; nothing in a local cluster without pods needs them.
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
             f"--cert-dir={self.workdir / 'pki' / 'apiserver-generated'}",
             # The aggregation layer's front proxy: without it, every delegating component (such
@@ -309,10 +339,7 @@ class ControlPlane:
         ]
 
     def _write_kubeconfig(self, path: Path, pki: Pki, user: str, cert: Path, key: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.touch(mode=0o600, exist_ok=True)
-        tmp.write_text(yaml.safe_dump(_kubeconfig(self.server, pki, user, cert, key), sort_keys=False))
-        tmp.replace(path)
+        write_kubeconfig(path, self.server, pki, user, cert, key)
 
     def _spawn(self, binary: Path, component: str, flags: list[str]) -> None:
         log = self.log_file(component)
@@ -354,6 +381,14 @@ class ControlPlane:
             with contextlib.suppress(Exception):
                 proc.wait(timeout=1)
         self._procs.clear()
+
+
+def write_kubeconfig(path: Path, server: str, pki: Pki, user: str, cert: Path, key: Path) -> None:
+    """Write (atomically, mode 0600) a kubeconfig for ``user`` with the certificates embedded."""
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600, exist_ok=True)
+    tmp.write_text(yaml.safe_dump(_kubeconfig(server, pki, user, cert, key), sort_keys=False))
+    tmp.replace(path)
 
 
 class _PortRace(StartError):

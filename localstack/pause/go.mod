@@ -1,0 +1,3 @@
+module github.com/agentops-io/agentops-operator/localstack/pause
+
+go 1.24.0
