@@ -166,7 +166,9 @@ class NodeCluster:
             if state.get("phase") == "ready":
                 return
             if state.get("phase") == "failed":
-                raise StartError(f"the node failed to start: {state.get('error')}\n(logs: {self.layout.logs})")
+                raise StartError(
+                    f"the node failed to start: {state.get('error')}\n(logs: {self.layout.logs})"
+                )
             if state.get("step") and state["step"] != last_step:
                 last_step = state["step"]
                 self._progress(f"node: {last_step}")
@@ -231,9 +233,19 @@ class NodeCluster:
     def install(self, timeout: float = 300.0) -> None:
         """``kubectl apply -k`` the product and wait until every component is available."""
         self.kubectl("apply", "--server-side", "-k", str(OVERLAY), timeout=timeout)
-        for workload in ("statefulset/redis", "deployment/agentops-webhook", "deployment/agentops-controller"):
+        for workload in (
+            "statefulset/redis",
+            "deployment/agentops-webhook",
+            "deployment/agentops-controller",
+        ):
             self.kubectl(
-                "-n", SYSTEM_NAMESPACE, "rollout", "status", workload, f"--timeout={int(timeout)}s", timeout=timeout + 10
+                "-n",
+                SYSTEM_NAMESPACE,
+                "rollout",
+                "status",
+                workload,
+                f"--timeout={int(timeout)}s",
+                timeout=timeout + 10,
             )
 
 
@@ -249,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("down", help="stop the node")
     sub.add_parser("status", help="say whether the node runs")
     args = parser.parse_args(argv)
-    cluster = NodeCluster(args.workdir, api_port=args.port)
+    cluster = NodeCluster(args.workdir, api_port=getattr(args, "port", None))
     try:
         if args.command == "up":
             cluster.start()

@@ -156,7 +156,7 @@ class NodeInit:
             raise _Failed(f"the node's network namespace has a default route ({routes}); refusing to start")
 
     def prepare_cgroups(self) -> None:
-        for controller in _cgroup_v1_controllers():
+        for controller in _cgroup_hierarchies():
             (controller / self.layout.cgroup_root.lstrip("/")).mkdir(exist_ok=True)
 
     def start_control_plane(self) -> Pki:
@@ -171,7 +171,9 @@ class NodeInit:
         config.parent.mkdir(parents=True, exist_ok=True)
         cni_conf = run / "cni" / "net.d"
         cni_conf.mkdir(parents=True, exist_ok=True)
-        (cni_conf / "10-agentops.conflist").write_text(json.dumps(_cni_config(run / "cni" / "ipam"), indent=2))
+        (cni_conf / "10-agentops.conflist").write_text(
+            json.dumps(_cni_config(run / "cni" / "ipam"), indent=2)
+        )
         config.write_text(_containerd_config(run, cni_conf))
         self._spawn("containerd", ["containerd", "--config", str(config)], binary_is_kcp=False)
         _process.wait_until(
@@ -400,12 +402,13 @@ def _reap_orphans(ours: set[int]) -> None:
                 os.waitpid(int(entry.name), os.WNOHANG)
 
 
-def _cgroup_v1_controllers() -> list[Path]:
-    """Every cgroup v1 hierarchy mounted under /sys/fs/cgroup (the node runs on cgroup v1)."""
+def _cgroup_hierarchies() -> list[Path]:
+    """Every cgroup hierarchy mounted under /sys/fs/cgroup: the v1 controllers the node runs on,
+    and the v2 hierarchy beside them, where runc also files each container."""
     found: list[Path] = []
     for line in Path("/proc/self/mounts").read_text().splitlines():
         fields = line.split()
-        if len(fields) > 2 and fields[2] == "cgroup" and fields[1].startswith("/sys/fs/cgroup/"):
+        if len(fields) > 2 and fields[2] in ("cgroup", "cgroup2") and fields[1].startswith("/sys/fs/cgroup"):
             found.append(Path(fields[1]))
     return found
 
@@ -413,7 +416,7 @@ def _cgroup_v1_controllers() -> list[Path]:
 def remove_cgroups(cgroup_root: str) -> list[str]:
     """Remove the node's cgroups depth-first once nothing runs in them; returns what stayed."""
     left: list[str] = []
-    for controller in _cgroup_v1_controllers():
+    for controller in _cgroup_hierarchies():
         top = controller / cgroup_root.lstrip("/")
         if not top.exists():
             continue
@@ -476,7 +479,9 @@ disabled_plugins = [
   sandbox_image = "{SANDBOX_IMAGE}"
   enable_selinux = false
   disable_apparmor = true
-  restrict_oom_score_adj = false
+  # This machine withholds CAP_SYS_RESOURCE even from root: a negative oom_score_adj (the
+  # pause container's -998) would fail runc's init, so scores are clamped at containerd's own.
+  restrict_oom_score_adj = true
   enable_unprivileged_ports = false
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
