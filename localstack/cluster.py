@@ -39,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: provisioner: Redis keeps its data on the node's disk).
 OVERLAY = Path(__file__).resolve().parent / "overlays" / "node"
 SYSTEM_NAMESPACE = "agentops-system"
+WORKLOADS = ("statefulset/redis", "deployment/agentops-webhook", "deployment/agentops-controller")
 #: Debian packages the node needs, by the command that tells whether each is there.
 REQUIRED_TOOLS = {
     "containerd": "containerd",
@@ -179,7 +180,8 @@ class NodeCluster:
                 )
             if time.monotonic() > deadline:
                 raise StartError(
-                    f"the node was not ready in time (last step: {last_step or 'none'}); logs: {self.layout.logs}"
+                    f"the node was not ready in time (last step: {last_step or 'none'}); "
+                    f"logs: {self.layout.logs}"
                 )
             time.sleep(0.2)
 

@@ -506,7 +506,7 @@ def _proxy_config(kubeconfig: Path) -> dict[str, Any]:
         "mode": "iptables",
         "clusterCIDR": POD_CIDR,
         "hostnameOverride": NODE_NAME,
-        "bindAddress": "0.0.0.0",
+        "bindAddress": "0.0.0.0",  # noqa: S104 - inside the node's own network namespace
         "healthzBindAddress": "127.0.0.1:10256",
         "metricsBindAddress": "127.0.0.1:10249",
         # The conntrack table is the host kernel's: the node must not resize it.

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             listener.close()
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            os.execvp(command[0], command)
+            os.execvp(command[0], command)  # noqa: S606 - our own command line, no shell
         finally:
             os._exit(127)
     return asyncio.run(_relay(listener, child))
