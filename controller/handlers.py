@@ -83,6 +83,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         concurrent.futures.ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube")
     )
     _context = Context(config=CONFIG, kube=Kube(_api_client()), redis=redis)
+    if not settings.peering.standalone and settings.peering.name:
+        await asyncio.to_thread(_context.kube.ensure_peering, settings.peering.name, CONFIG.namespaces)
     logger.info(
         "controller started: namespaces=%s redis=%s offline_fallback=%s",
         ",".join(CONFIG.namespaces) or "(all)",

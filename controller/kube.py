@@ -142,6 +142,28 @@ class Kube:
             raise
         return True
 
+    def ensure_peering(self, name: str, namespaces: tuple[str, ...]) -> None:
+        """Create kopf's peering object(s) unless they exist: a ClusterKopfPeering for a
+        cluster-wide controller, else a KopfPeering in each watched namespace.
+
+        Shipping the object beside its CRD would make ``kubectl apply -k`` fail on a fresh
+        cluster (kubectl maps every kind before the CRD is established), so the controller
+        creates it, once, the first time any replica starts."""
+        body = {"apiVersion": "kopf.dev/v1", "metadata": {"name": name}}
+        try:
+            if not namespaces:
+                self.custom.create_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", {**body, "kind": "ClusterKopfPeering"}
+                )
+            for namespace in namespaces:
+                with contextlib.suppress(ApiException):
+                    self.custom.create_namespaced_custom_object(
+                        "kopf.dev", "v1", namespace, "kopfpeerings", {**body, "kind": "KopfPeering"}
+                    )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
     def crd_exists(self, name: str) -> bool:
         try:
             self.ext.read_custom_resource_definition(name, _preload_content=False)

@@ -297,7 +297,7 @@ def test_another_namespace_is_followed_everywhere(helm: Path) -> None:
     args = container(docs, "Deployment", "agentops-webhook")["args"]
     assert {"--namespace=agents-infra", "--secret=agents-infra/agentops-webhook-tls"} <= set(args)
     cluster_scoped = {
-        "ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering",
+        "ClusterRole", "ClusterRoleBinding",
         "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
     }  # fmt: skip
     namespaced = [d for d in docs if d["kind"] not in cluster_scoped]

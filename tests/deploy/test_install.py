@@ -86,7 +86,6 @@ def test_helm_installs_everything_and_upgrades_keep_the_webhooks_certificates(
         d for p in sorted((CHART / "crds").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d
     ]
     assert_all_exist(cluster, installed + crds)
-    assert "ClusterKopfPeering" in {d["kind"] for d in installed}  # its CRD came first, from crds/
 
     bootstrap_certificates_as_the_webhook(cluster, tmp_path)
     ca, bundles = certificates(cluster)
@@ -118,24 +117,10 @@ def test_helm_installs_everything_and_upgrades_keep_the_webhooks_certificates(
 
 
 def apply_base(cluster: Kubectl) -> None:
-    """``kubectl apply -k deploy/``, a second time when the first could not map ClusterKopfPeering.
-
-    kubectl maps every object before applying any, so a custom resource whose CRD is created by the
-    same apply is refused once ("ensure CRDs are installed first"); everything else is applied.
-    """
-    first = cluster("apply", "-k", str(DEPLOY), check=False)
-    if first.returncode != 0:
-        assert 'no matches for kind "ClusterKopfPeering"' in first.stderr, first.stderr
-        cluster("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s")
-        cluster("apply", "-k", str(DEPLOY))
+    """``kubectl apply -k deploy/``: one pass on an empty cluster."""
+    cluster("apply", "-k", str(DEPLOY))
 
 
-@pytest.mark.xfail(
-    reason="kubectl cannot apply ClusterKopfPeering in the same pass as its CRD; fixed once the "
-    "controller creates its own peering object and the base no longer ships it",
-    raises=AssertionError,
-    strict=True,
-)
 def test_kustomize_base_installs_in_one_pass(fresh_cluster: Kubectl) -> None:
     fresh_cluster("apply", "-k", str(DEPLOY))
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -158,6 +159,36 @@ async def results(
     found = [Result.from_fields(fields) for _, fields in found_entries]
     assert len(found) >= count, f"expected {count} results on {stream}, got {len(found)}: {found}"
     return found
+
+
+async def eventually(what: str, check: Callable[[], bool | Awaitable[bool]], within: float = 15.0) -> None:
+    """Until ``check()`` is true: how a test waits for a state (never for a time); fails after ``within``.
+
+    ``within`` only bounds how long a broken test waits; a passing one returns as soon as the state
+    is there.  For the fake LLM server's counters use :meth:`FakeLLM.wait_until`, which is notified.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        outcome = check()
+        if await outcome if inspect.isawaitable(outcome) else outcome:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def group_settled(rdb: aioredis.Redis, ns: str, *, agent: str = "agent") -> None:
+    """Until the consumer group has read every entry of the task stream and acknowledged it.
+
+    A result and its entry's XACK are one MULTI/EXEC, so from then on every result any of those
+    entries will ever get is on its reply stream: a test may assert that something is NOT there.
+    """
+
+    async def check() -> bool:
+        [group] = await rdb.xinfo_groups(task_stream(ns, agent))  # the workers' group, the only one
+        return bool(group["lag"] == 0 and group["pending"] == 0)
+
+    await eventually(f"every entry of {task_stream(ns, agent)} read and acknowledged", check)
 
 
 def runtime_env(settings: Settings) -> dict[str, str]:

@@ -3,6 +3,9 @@
 The real SDKs talk to it over loopback.  Behaviour is chosen by the prompt, so concurrent tasks in
 one test can each ask for something different:
 
+- ``hold: <rest>``          the reply waits until the test calls :meth:`FakeLLM.release` (or the next
+  :meth:`FakeLLM.reset`), then ``<rest>`` is handled like any prompt; after ``release()`` no call
+  of the test is held any more;
 - ``sleep:<seconds> ...``   reply after a delay;
 - ``fail:<status>x<n> ...`` the first ``n`` calls with this exact prompt fail with ``status``
   (429 carries ``retry-after: 0.2``; 529 is Anthropic's ``overloaded_error``);
@@ -13,16 +16,22 @@ one test can each ask for something different:
 Anything else gets ``echo: <prompt>``.  Usage: input tokens = words of system + prompt, output
 tokens = words of the reply.  The server measures what the tests assert on: every call, and the
 highest number of calls in progress at once.
+
+Tests wait for the server's state rather than for time: :meth:`FakeLLM.wait_held` returns once
+``n`` calls are held, so a test that kills, stops or times out a worker "while calls are in flight"
+knows they are, and they stay so until it releases them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -32,6 +41,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 PROBE_PROMPT = "Reply with exactly one word: HEALTHY"
+#: A held call that nobody releases replies after this long anyway, so no handler lives forever.
+HOLD_LIMIT_SECONDS = 120.0
+_HOLD = re.compile(r"^hold:\s*")
 _SLEEP = re.compile(r"^sleep:([0-9.]+)\b")
 _FAIL = re.compile(r"^fail:(\d{3})x(\d+)\b")
 _ALWAYS = re.compile(r"^always:(\d{3})\b")
@@ -58,10 +70,21 @@ class FakeLLM:
     calls: list[Call] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    #: Calls of this test waiting in a ``hold:`` for :meth:`release`.
+    held: int = 0
     generation: int = 0
     _failures: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Notified on every change of the counters above; :meth:`wait_until` sleeps on it.
+    _changed: threading.Condition = field(init=False)
+    #: One gate per generation with held calls; set (from any thread) to let them reply.
+    _gates: dict[int, asyncio.Event] = field(default_factory=dict)
+    _released: bool = False
+    _server_loop: asyncio.AbstractEventLoop | None = None
     url: str = ""
+
+    def __post_init__(self) -> None:
+        self._changed = threading.Condition(self._lock)
 
     def reset(self) -> None:
         with self._lock:
@@ -70,14 +93,77 @@ class FakeLLM:
             self.generation += 1  # calls still running from an earlier test no longer count
             self.in_flight = 0
             self.max_in_flight = 0
+            self.held = 0
             self._failures.clear()
+            self._released = False
+            gates = list(self._gates.values())  # an earlier test's held calls: let them go
+            self._gates.clear()
+            self._changed.notify_all()
+        self._open(gates)
+
+    def release(self) -> None:
+        """Let every held call of this test reply; later ``hold:`` calls of this test do not wait."""
+        with self._lock:
+            self._released = True
+            gates = list(self._gates.values())
+        self._open(gates)
+
+    def _open(self, gates: list[asyncio.Event]) -> None:
+        if self._server_loop is None:
+            return
+        for gate in gates:
+            with contextlib.suppress(RuntimeError):  # the server's loop is already closed
+                self._server_loop.call_soon_threadsafe(gate.set)
+
+    async def wait_until(self, what: str, predicate: Callable[[], bool], within: float = 15.0) -> None:
+        """Until ``predicate`` (called with the server's lock held) is true; fail after ``within`` s.
+
+        The server notifies every change, so this returns as soon as the state is reached, without
+        polling; ``within`` only bounds how long a broken test waits.
+        """
+
+        def wait() -> bool:
+            with self._changed:
+                return self._changed.wait_for(predicate, within)
+
+        if not await asyncio.to_thread(wait):
+            with self._lock:
+                state = f"in_flight={self.in_flight} held={self.held} calls={len(self.calls)}"
+            raise AssertionError(f"the fake LLM server never had {what} within {within} s ({state})")
+
+    async def wait_held(self, count: int, within: float = 15.0) -> None:
+        """Until at least ``count`` calls of this test are held at the server."""
+        await self.wait_until(f"{count} held calls", lambda: self.held >= count, within)
+
+    async def _hold(self, generation: int) -> None:
+        """Wait for :meth:`release` (or :meth:`reset`) of ``generation``, at most HOLD_LIMIT_SECONDS."""
+        with self._lock:
+            if generation != self.generation or self._released:
+                return
+            gate = self._gates.get(generation)
+            if gate is None:
+                self._server_loop = asyncio.get_running_loop()
+                gate = self._gates[generation] = asyncio.Event()
+            self.held += 1
+            self._changed.notify_all()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gate.wait(), HOLD_LIMIT_SECONDS)
+        finally:
+            with self._lock:
+                if generation == self.generation:
+                    self.held -= 1
+                    self._changed.notify_all()
 
     def task_calls(self) -> list[Call]:
         """Calls other than probes."""
         return [c for c in self.calls if c.prompt != PROBE_PROMPT]
 
-    async def _behave(self, prompt: str) -> tuple[int, str, dict[str, str]]:
+    async def _behave(self, prompt: str, generation: int) -> tuple[int, str, dict[str, str]]:
         """(status, reply text or error message, headers)."""
+        if m := _HOLD.match(prompt):
+            await self._hold(generation)
+            prompt = prompt[m.end() :]
         if prompt == PROBE_PROMPT:
             if self.probe_reply == "!500":
                 return 500, "internal error while probing", {}
@@ -103,12 +189,14 @@ class FakeLLM:
             self.calls.append(Call(prompt, system, max_tokens, api_key, time.time()))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._changed.notify_all()
             return self.generation
 
     def _leave(self, generation: int) -> None:
         with self._lock:
             if generation == self.generation:
                 self.in_flight -= 1
+                self._changed.notify_all()
 
     async def messages(self, request: Request) -> JSONResponse:
         body = await request.json()
@@ -120,7 +208,7 @@ class FakeLLM:
         )
         generation = await self._enter(prompt, system, body["max_tokens"], key or None)
         try:
-            status, text, headers = await self._behave(prompt)
+            status, text, headers = await self._behave(prompt, generation)
         finally:
             self._leave(generation)
         if status != 200:
@@ -149,7 +237,7 @@ class FakeLLM:
             prompt, system, body["max_tokens"], auth.removeprefix("Bearer ") or None
         )
         try:
-            status, text, headers = await self._behave(prompt)
+            status, text, headers = await self._behave(prompt, generation)
         finally:
             self._leave(generation)
         if status != 200:
@@ -214,4 +302,4 @@ def usage_words(text: str) -> int:
     return len(text.split())
 
 
-__all__ = ["PROBE_PROMPT", "Call", "FakeLLM", "FakeLLMServer", "usage_words"]
+__all__ = ["HOLD_LIMIT_SECONDS", "PROBE_PROMPT", "Call", "FakeLLM", "FakeLLMServer", "usage_words"]

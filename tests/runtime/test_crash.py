@@ -1,4 +1,10 @@
-"""Workers as real processes: ``kill -9`` mid-batch loses nothing, SIGTERM drains, survivors reclaim."""
+"""Workers as real processes: ``kill -9`` mid-batch loses nothing, SIGTERM drains, survivors reclaim.
+
+No test here guesses when tasks are in flight: their prompts start with ``hold:``, so the fake LLM
+server keeps the calls open until the test releases them, and the test signals the worker only
+after the server holds them (:meth:`FakeLLM.wait_held`).  Their task deadline is set long enough
+that the worker cannot give up on a held call before the test acts.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +24,7 @@ import redis.asyncio as aioredis
 
 from agent_runtime.settings import Settings
 from policies.tasks import CONSUMER_GROUP, Result, client_results_stream, task_stream
-from tests.runtime.conftest import entries, make_settings, spawn_worker, submit
+from tests.runtime.conftest import entries, eventually, make_settings, spawn_worker, submit
 from tests.runtime.fake_llm import FakeLLM
 
 
@@ -35,6 +42,15 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def tail(log: Path, size: int = 3000) -> str:
     return log.read_text()[-size:]
+
+
+async def wait_for_log(log: Path, text: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until the worker's log has a line containing ``text``."""
+
+    def logged() -> bool:
+        return text in log.read_text()
+
+    await eventually(f"{text!r} in {log} (worker exit status {proc.poll()})", logged)
 
 
 async def wait_ready(settings: Settings, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -68,17 +84,12 @@ async def all_results(rdb: aioredis.Redis, ns: str, task_ids: set[str], within: 
         await asyncio.sleep(0.05)
 
 
-def worker_settings(redis_url: str, ns: str, llm: FakeLLM, name: str, port: int) -> Settings:
-    return make_settings(
-        redis_url,
-        ns,
-        llm,
-        worker_name=name,
-        http_port=port,
-        max_concurrent_tasks=4,
-        timeout_seconds=2,
-        margin=1.0,
-    )
+def worker_settings(
+    redis_url: str, ns: str, llm: FakeLLM, name: str, port: int, **overrides: Any
+) -> Settings:
+    values: dict[str, Any] = {"max_concurrent_tasks": 4, "timeout_seconds": 2, "margin": 1.0}
+    values.update(overrides)
+    return make_settings(redis_url, ns, llm, worker_name=name, http_port=port, **values)
 
 
 @dataclass
@@ -91,11 +102,17 @@ class WorkerProcess:
 
 
 def start_worker(
-    redis_url: str, ns: str, llm: FakeLLM, name: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    redis_url: str,
+    ns: str,
+    llm: FakeLLM,
+    name: str,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[bytes]],
+    **overrides: Any,
 ) -> WorkerProcess:
     """A worker subprocess named ``name`` (not yet ready: await :func:`wait_ready`)."""
     port = free_port()
-    settings = worker_settings(redis_url, ns, llm, name, port)
+    settings = worker_settings(redis_url, ns, llm, name, port, **overrides)
     prompt, log = tmp_path / f"{name}.prompt", tmp_path / f"{name}.log"
     proc = spawn_worker(settings, prompt, log)
     processes.append(proc)
@@ -110,16 +127,32 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(
     tmp_path: Path,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    worker = start_worker(redis_url, ns, llm, "w1", tmp_path, processes)
+    # A deadline far beyond the test: the worker must not give up on a held call before the kill.
+    worker = start_worker(redis_url, ns, llm, "w1", tmp_path, processes, timeout_seconds=60)
     settings, proc, log = worker.settings, worker.proc, worker.log
+    stream = task_stream(ns, "agent")
     await wait_ready(settings, worker.port, proc, log)
-    task_ids = {await submit(rdb, ns, f"sleep:0.3 task {i}") for i in range(20)}
-    while len(await entries(rdb, client_results_stream(ns, "test"))) < 4:  # noqa: ASYNC110 - polling Redis
-        await asyncio.sleep(0.02)
+    finished = {await submit(rdb, ns, f"task {i}") for i in range(4)}
+    task_ids = finished | {await submit(rdb, ns, f"hold: task {i}") for i in range(4, 20)}
+    # Four held calls fill all four slots, so the four quick tasks before them have finished, and
+    # nothing moves until the release: the kill lands with exactly these four in flight.
+    await llm.wait_held(4)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    pending = (await rdb.xpending(task_stream(ns, "agent"), CONSUMER_GROUP))["pending"]
-    assert pending > 0, "the kill came too late to test anything"
+    await asyncio.to_thread(proc.wait, 10)
+    llm.release()
+    pending = await rdb.xpending_range(stream, CONSUMER_GROUP, "-", "+", 100)
+    assert len(pending) == 4, f"expected the 4 held tasks pending after the kill: {pending}"
+    assert {row["consumer"] for row in pending} == {b"w1"}
+    # Mid-batch indeed: four tasks answered, four in flight, twelve never read.
+    answered = await entries(rdb, client_results_stream(ns, "test"))
+    assert {Result.from_fields(fields).task_id for _, fields in answered} == finished
+    assert (await rdb.xinfo_groups(stream))[0]["lag"] == 12
+    pending_ids = {row["message_id"] for row in pending}
+    in_flight = {
+        fields[b"task_id"].decode()
+        for entry_id, fields in await entries(rdb, stream)
+        if entry_id in pending_ids
+    }
 
     # Same worker name (as a StatefulSet pod or the local stack would have): it resumes its own entries.
     restarted = spawn_worker(settings, worker.prompt, log)
@@ -130,8 +163,10 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(
     duplicates = [tid for tid, n in Counter(r.task_id for r in found).items() if n > 1]
     assert duplicates == []
     assert all(r.status == "succeeded" for r in found)
-    assert (await rdb.xpending(task_stream(ns, "agent"), CONSUMER_GROUP))["pending"] == 0
-    assert any(r.attempts == 2 for r in found)  # the ones the killed worker held
+    assert (await rdb.xpending(stream, CONSUMER_GROUP))["pending"] == 0
+    # The four the killed worker held were delivered twice; every other task once.
+    assert {r.task_id for r in found if r.attempts == 2} == in_flight
+    assert all(r.attempts == 1 for r in found if r.task_id not in in_flight)
 
 
 async def test_two_workers_one_killed_survivor_reclaims(
@@ -142,30 +177,33 @@ async def test_two_workers_one_killed_survivor_reclaims(
     tmp_path: Path,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    spawned = [start_worker(redis_url, ns, llm, name, tmp_path, processes) for name in ("victim", "survivor")]
+    # The victim's deadline is far beyond the test so it cannot finish its held tasks (as timeouts)
+    # before the kill; reclaim waits on the survivor's timeout (2 s) + margin (1 s).
+    spawned = [
+        start_worker(redis_url, ns, llm, "victim", tmp_path, processes, timeout_seconds=60),
+        start_worker(redis_url, ns, llm, "survivor", tmp_path, processes),
+    ]
     workers = [(w.settings, w.port, w.proc, w.log) for w in spawned]
     for settings, port, proc, log in workers:
         await wait_ready(settings, port, proc, log)
-    task_ids = {await submit(rdb, ns, f"sleep:0.3 task {i}") for i in range(24)}
+    task_ids = {await submit(rdb, ns, f"hold: task {i}") for i in range(24)}
     victim = workers[0][2]
-    # Kill the victim while it holds entries.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        consumers = {
-            c["name"]: c["pending"]
-            for c in await rdb.xinfo_consumers(task_stream(ns, "agent"), CONSUMER_GROUP)
-        }
-        if consumers.get(b"victim", 0) > 0:
-            break
-        await asyncio.sleep(0.01)
+    # Both workers full (4 held calls each), so the victim holds four entries it cannot finish.
+    await llm.wait_held(8)
+    consumers = {
+        c["name"]: c["pending"] for c in await rdb.xinfo_consumers(task_stream(ns, "agent"), CONSUMER_GROUP)
+    }
+    assert consumers[b"victim"] == 4
     victim.send_signal(signal.SIGKILL)
-    victim.wait(10)
+    await asyncio.to_thread(victim.wait, 10)
+    llm.release()
     started = time.monotonic()
     found = await all_results(rdb, ns, task_ids, within=30)
     assert {r.task_id for r in found} == task_ids, tail(workers[1][3])
     assert [tid for tid, n in Counter(r.task_id for r in found).items() if n > 1] == []
     reclaimed = [r for r in found if r.worker == "survivor" and r.attempts > 1]
-    assert reclaimed, "the survivor reclaimed nothing"
+    assert len(reclaimed) == 4, f"the survivor did not reclaim the victim's four tasks: {reclaimed}"
+    assert not [r for r in found if r.worker == "victim"]  # it died before finishing anything
     # Reclaim waits for timeout (2 s) + margin (1 s) of idleness, not much longer.
     assert time.monotonic() - started < 15
     assert (await rdb.xpending(task_stream(ns, "agent"), CONSUMER_GROUP))["pending"] == 0
@@ -179,13 +217,18 @@ async def test_sigterm_finishes_in_flight_and_exits_0(
     tmp_path: Path,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    worker = start_worker(redis_url, ns, llm, "graceful", tmp_path, processes)
+    # Deadline and grace far beyond the test: only the release can finish the held tasks.
+    worker = start_worker(redis_url, ns, llm, "graceful", tmp_path, processes, timeout_seconds=60, grace=60)
     settings, port, proc, log = worker.settings, worker.port, worker.proc, worker.log
     await wait_ready(settings, port, proc, log)
-    task_ids = {await submit(rdb, ns, f"sleep:0.5 task {i}") for i in range(3)}
-    while len(llm.calls) < 3:  # noqa: ASYNC110 - polling the fake server's thread
-        await asyncio.sleep(0.01)
+    task_ids = {await submit(rdb, ns, f"hold: task {i}") for i in range(3)}
+    await llm.wait_held(3)
     proc.send_signal(signal.SIGTERM)
+    await wait_for_log(log, '"msg": "stopping: no new tasks"', proc)
+    # Stopped reading, but waiting for its three tasks: it cannot exit while they are held.
+    assert proc.poll() is None, tail(log)
+    assert await entries(rdb, client_results_stream(ns, "test")) == []
+    llm.release()
     assert await asyncio.to_thread(proc.wait, 15) == 0, tail(log)
     found = await all_results(rdb, ns, task_ids, within=1)
     assert {r.task_id for r in found} == task_ids

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -10,8 +9,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from policies.tasks import budget_key, client_results_stream
-from tests.runtime.conftest import entries, make_settings, results, running, submit
+from policies.tasks import budget_key, client_results_stream, task_stream
+from tests.runtime.conftest import entries, eventually, make_settings, results, running, submit
 from tests.runtime.fake_llm import PROBE_PROMPT, FakeLLM
 
 
@@ -62,8 +61,7 @@ async def test_unready_worker_takes_no_tasks_and_resumes(
     async with running(make_settings(redis_url, ns, llm, **semantic(redis_url, ns, llm))) as worker:
         url = f"http://127.0.0.1:{worker.http_port}"
         async with httpx.AsyncClient() as http:
-            while worker.probe.ok is None:  # noqa: ASYNC110 - the probe loop sets no event for tests
-                await asyncio.sleep(0.02)
+            await eventually("the first probe", lambda: worker.probe.ok is not None)
             ready = await http.get(f"{url}/readyz")
             assert ready.status_code == 503
             body = ready.json()
@@ -74,7 +72,16 @@ async def test_unready_worker_takes_no_tasks_and_resumes(
             # Liveness is about the process and Redis only.
             assert (await http.get(f"{url}/healthz")).status_code == 200
             task_id = await submit(rdb, ns, "wait for me")
-            await asyncio.sleep(1.3)  # at least one more (failing) probe
+            submitted = time.time()
+            # A whole failing probe after the task was there: the read loop woke on its verdict (every
+            # probe wakes it) with the task waiting, and left it unread.
+            await eventually(
+                "a probe started after the submission",
+                lambda: worker.probe.at is not None and worker.probe.at > submitted,
+            )
+            assert worker.probe.ok is False
+            [group] = await rdb.xinfo_groups(task_stream(ns, "agent"))
+            assert (group["lag"], group["pending"]) == (1, 0)
             assert await entries(rdb, client_results_stream(ns, "test")) == []
             assert llm.task_calls() == []
             llm.probe_reply = "HEALTHY"
@@ -112,11 +119,16 @@ async def test_probe_fails_when_the_budget_is_spent(redis_url: str, ns: str, llm
     assert llm.calls == []
 
 
-async def test_ping_probe_makes_no_model_call(redis_url: str, ns: str, llm: FakeLLM) -> None:
+async def test_ping_probe_makes_no_model_call(
+    redis_url: str, rdb: aioredis.Redis, ns: str, llm: FakeLLM
+) -> None:
     async with running(make_settings(redis_url, ns, llm, probe_type="ping")) as worker:
-        await asyncio.sleep(0.3)
         async with httpx.AsyncClient() as http:
             ready = await http.get(f"http://127.0.0.1:{worker.http_port}/readyz")
+        # Ready without a probe; then a whole task through the worker (a semantic probe loop would
+        # have called the model before it): the task's is the only call the server saw.
+        await submit(rdb, ns, "just a task")
+        await results(rdb, ns, 1)
     assert ready.status_code == 200
     assert ready.json()["probe"]["type"] == "ping"
-    assert llm.calls == []
+    assert [c.prompt for c in llm.calls] == ["just a task"]

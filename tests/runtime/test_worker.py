@@ -1,4 +1,9 @@
-"""The worker in-process against a real redis-server and the real Anthropic SDK talking to a fake server."""
+"""The worker in-process against a real redis-server and the real Anthropic SDK talking to a fake server.
+
+Tests that need a task in flight at a given moment use ``hold:`` prompts and wait until the fake
+server holds the call; tests that assert something did NOT happen first wait for a state after which
+it can no longer happen (the group has acknowledged every entry, the worker has stopped).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from redis.typing import StreamIdT
 
 from agent_runtime.worker import Worker
 from localstack.redis_server import RedisServer
@@ -24,7 +30,17 @@ from policies.tasks import (
     dead_letter_stream,
     task_stream,
 )
-from tests.runtime.conftest import API_KEY, SYSTEM_PROMPT, entries, make_settings, results, running, submit
+from tests.runtime.conftest import (
+    API_KEY,
+    SYSTEM_PROMPT,
+    entries,
+    eventually,
+    group_settled,
+    make_settings,
+    results,
+    running,
+    submit,
+)
 from tests.runtime.fake_llm import FakeLLM
 
 
@@ -36,6 +52,9 @@ async def test_success_reports_usage_cost_and_metrics(
         task_id = await submit(rdb, ns, "What is the capital of France?", pipeline="p1", step="research")
         [result] = await results(rdb, ns, 1)
         assert worker.http_port
+        # The metrics count a task just after its result is committed.
+        succeeded = worker.metrics.tasks.labels("succeeded")
+        await eventually("the task counted in the metrics", lambda: succeeded._value.get() == 1)
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(f"http://127.0.0.1:{worker.http_port}/metrics")).text
 
@@ -133,13 +152,21 @@ async def test_slow_reply_times_out_and_frees_the_slot(
     settings = make_settings(redis_url, ns, llm, timeout_seconds=1, max_concurrent_tasks=1)
     async with running(settings):
         started = time.monotonic()
-        slow = await submit(rdb, ns, "sleep:10 slow")
+        slow = await submit(rdb, ns, "hold: slow")  # no reply until the test releases it
         fast = await submit(rdb, ns, "quick")
         found = {r.task_id: r for r in await results(rdb, ns, 2)}
         elapsed = time.monotonic() - started
+        # The one slot was freed by the deadline: the slow call is still waiting for its reply.
+        assert llm.held == 1
+        llm.release()
     assert found[slow].status == "timeout"
     assert "deadline of 1s" in found[slow].error
     assert found[fast].status == "succeeded"
+    # One slot: the quick task started after the slow one's result, not beside it.
+    slow_finished, fast_started = found[slow].finished_at, found[fast].started_at
+    assert slow_finished is not None
+    assert fast_started is not None
+    assert fast_started >= slow_finished
     assert elapsed < 4, "the slot of the timed-out task was not freed in time"
 
 
@@ -149,19 +176,25 @@ async def test_concurrency_never_exceeds_the_limit(
     stream = task_stream(ns, "agent")
     await rdb.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
     for i in range(4):
-        await submit(rdb, ns, f"sleep:0.2 orphan {i}")
+        await submit(rdb, ns, f"hold: sleep:0.2 orphan {i}")
     # A consumer that died holding four entries: the worker reclaims them while reading new ones.
     await rdb.xreadgroup(CONSUMER_GROUP, "dead", {stream: ">"})
-    settings = make_settings(redis_url, ns, llm, max_concurrent_tasks=3, timeout_seconds=1, margin=0.2)
+    orphans: list[StreamIdT] = [entry_id for entry_id, _ in await entries(rdb, stream)]
+    # Idle for a minute already (JUSTID keeps their delivery count at 1): reclaimable at once, so the
+    # deadline can be long enough that no held call times out before the test releases it.
+    await rdb.xclaim(stream, CONSUMER_GROUP, "dead", 0, orphans, idle=60_000, justid=True)
+    settings = make_settings(redis_url, ns, llm, max_concurrent_tasks=3, timeout_seconds=5, margin=0.2)
     async with running(settings) as worker:
         for i in range(12):
-            await submit(rdb, ns, f"sleep:0.2 task {i}")
+            await submit(rdb, ns, f"hold: sleep:0.2 task {i}")
+        # The limit is reached: three calls held, thirteen entries waiting, and no fourth call.
+        await llm.wait_held(3)
+        assert (llm.in_flight, worker.in_flight) == (3, 3)
+        consumers = {c["name"]: c["pending"] for c in await rdb.xinfo_consumers(stream, CONSUMER_GROUP)}
+        assert consumers[worker.name.encode()] == 3
+        llm.release()  # the rest still overlap, 0.2 s each
         found = await results(rdb, ns, 16)
-        for _ in range(100):  # the slot frees just after the result is written
-            if worker.in_flight == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert worker.in_flight == 0
+        await eventually("the last slot freed", lambda: worker.in_flight == 0)
     assert all(r.status == "succeeded" for r in found)
     assert sorted(r.attempts for r in found) == [1] * 12 + [2] * 4
     # Measured at the server: the limit was reached and never exceeded.
@@ -212,9 +245,9 @@ async def test_duplicate_task_id_is_answered_without_a_second_call(
         await submit(rdb, ns, "once", task_id="same")  # same reply stream: already answered there
         await submit(rdb, ns, "once", task_id="same", reply_to=other)  # elsewhere: answered there too
         [copy] = await results(rdb, ns, 1, reply_to=other)
-        await asyncio.sleep(0.3)
+        # All three entries acknowledged, so each one's result (if any) is written: no second one here.
+        await group_settled(rdb, ns)
         assert len(await entries(rdb, client_results_stream(ns, "test"))) == 1
-        assert (await rdb.xpending(task_stream(ns, "agent"), CONSUMER_GROUP))["pending"] == 0
     assert len(llm.calls) == 1
     assert copy.model_dump() == first.model_dump()
 
@@ -291,13 +324,13 @@ async def test_usd_budget_of_the_namespace_scope(
 async def test_stop_finishes_in_flight_and_leaves_the_rest_pending(
     redis_url: str, rdb: aioredis.Redis, ns: str, llm: FakeLLM
 ) -> None:
-    settings = make_settings(redis_url, ns, llm, max_concurrent_tasks=1, grace=5.0)
+    settings = make_settings(redis_url, ns, llm, max_concurrent_tasks=1, grace=30.0, timeout_seconds=30)
     async with running(settings) as worker:
-        await submit(rdb, ns, "sleep:0.5 in flight")
-        while not llm.calls:  # noqa: ASYNC110 - polling the fake server's thread
-            await asyncio.sleep(0.01)
+        await submit(rdb, ns, "hold: in flight")
+        await llm.wait_held(1)  # the only slot is taken until the release
         await submit(rdb, ns, "waiting")
         worker.stop()
+        llm.release()
     found = await results(rdb, ns, 1)
     assert [r.status for r in found] == ["succeeded"]
     # The second one was never read: still in the stream for another worker.
@@ -311,9 +344,11 @@ async def test_grace_period_over_leaves_the_task_pending(
 ) -> None:
     settings = make_settings(redis_url, ns, llm, grace=0.3, timeout_seconds=30)
     async with running(settings):
-        await submit(rdb, ns, "sleep:10 long")
-        while not llm.calls:  # noqa: ASYNC110 - polling the fake server's thread
-            await asyncio.sleep(0.01)
+        await submit(rdb, ns, "hold: long")
+        await llm.wait_held(1)
+    # The worker has stopped with the call still held: the grace period ran out, not the task.
+    assert llm.held == 1
+    llm.release()
     assert await entries(rdb, client_results_stream(ns, "test")) == []
     assert (await rdb.xpending(task_stream(ns, "agent"), CONSUMER_GROUP))["pending"] == 1
 
@@ -327,7 +362,7 @@ async def test_redis_down_and_back(redis_server: RedisServer, redis_url: str, ns
             await results(rdb, ns, 1)
             await rdb.aclose()
             redis_server.stop()
-            await asyncio.sleep(0.5)
+            await eventually("the worker noticing the outage", lambda: not worker.redis_ok)
             ok, body = await worker.health()
             assert not ok
             assert body["redis"].startswith("unreachable")
