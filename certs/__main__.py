@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import logging
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,8 +47,27 @@ def add_cert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--validating", action="append", default=[], help="ValidatingWebhookConfiguration to inject"
     )
-    parser.add_argument("--ca-days", type=float, default=3650, help="CA lifetime in days")
-    parser.add_argument("--serving-days", type=float, default=90, help="serving certificate lifetime in days")
+    parser.add_argument("--ca-days", type=positive_float, default=3650, help="CA lifetime in days")
+    parser.add_argument(
+        "--serving-days", type=positive_float, default=90, help="serving certificate lifetime in days"
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=2.0,
+        help="after a CA rotation, wait this long between injecting the new caBundle and serving"
+        " a certificate signed by the new CA (the API server applies caBundle through a watch)",
+    )
+
+
+def positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return number
 
 
 def add_kube_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +104,7 @@ def manager_from_args(args: argparse.Namespace) -> CertManager:
         admission_api=admission,
         mutating=args.mutating,
         validating=args.validating,
+        settle_seconds=args.settle_seconds,
     )
 
 
@@ -134,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     manager = manager_from_args(args)
     manager.ensure()
     if args.command == "run":
-        manager.run(args.interval, threading.Event())
+        rotation = manager.start(args.interval)
+        rotation.threads[0].join()
     return 0
 
 

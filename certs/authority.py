@@ -344,6 +344,23 @@ def _prune_expired(trusted_pem: bytes, ca: KeyPair, now: dt.datetime) -> bytes:
     return _trusted_after_ca_rotation(ca, trusted_pem, now)
 
 
+def next_change(bundle: CertBundle) -> dt.datetime:
+    """The earliest moment :func:`plan` will want to change ``bundle`` (all else being equal).
+
+    That is when the serving certificate or the CA reaches its renewal time, or when a previous CA
+    kept in the trusted bundle expires and is dropped.  A rotation loop sleeps until then instead
+    of polling, so every replica acts on a shared bundle at the same moment.
+    """
+    moments = [renewal_time(bundle.serving.certificate), renewal_time(bundle.ca.certificate)]
+    current = bundle.ca.certificate.fingerprint(hashes.SHA256())
+    moments += [
+        cert.not_valid_after_utc
+        for cert in split_pem(bundle.trusted_pem)
+        if cert.fingerprint(hashes.SHA256()) != current
+    ]
+    return min(moments)
+
+
 @dataclass(frozen=True)
 class Lifetimes:
     ca: dt.timedelta = DEFAULT_CA_LIFETIME

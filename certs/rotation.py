@@ -1,22 +1,37 @@
-"""Keeping the webhook's certificates valid: load, decide, renew, publish, inject.
+"""Keeping the webhook's certificates valid: load, decide, renew, publish, inject, follow.
 
 :class:`CertManager` is what the webhook (or ``python -m certs``) runs: :meth:`CertManager.ensure`
-once at start-up and then every ``interval`` seconds from a background thread.  One cycle:
+once at start-up, then :meth:`CertManager.start` keeps it current from background threads.
+
+One cycle (:meth:`CertManager.ensure`):
 
 1. read the current bundle from the Secret when one is configured (cluster), else from the
    certificate directory (local stack);
 2. :func:`certs.authority.plan` decides whether anything must be renewed;
-3. a renewed bundle is written to the Secret first (optimistic concurrency: on a conflict the
-   other replica's bundle is adopted instead), then ``caBundle`` is injected into the webhook
-   configurations, and only then is the serving pair written to the directory, which the TLS
-   server reloads.  Publishing the CA before serving a certificate it signed means the API server
-   never sees a certificate it cannot verify.  After a CA change we wait ``settle`` seconds so
-   the API server's webhook-configuration watch has caught up.
+3. a renewed bundle is written to the Secret with the ``resourceVersion`` it was read at, so of
+   several replicas deciding at once exactly one wins; the others get 409 Conflict, re-read, and
+   adopt the winner's bundle (their own freshly generated keys are thrown away unused);
+4. ``caBundle`` is injected into the webhook configurations (:mod:`certs.inject`: no write when it
+   is already there; conditional writes that re-confirm against the Secret, so replicas never put
+   an older bundle back);
+5. only then is the serving pair written to ``cert_dir``, which the TLS server reloads.  When the
+   new serving certificate comes from a different CA than the one being served, we first wait
+   ``settle_seconds`` so the API server's watch of the configurations has caught up with the
+   ``caBundle`` that trusts it.  During a CA rotation that bundle carries the old and the new CA,
+   so certificates still being served by slower replicas stay trusted too.
+
+Between cycles (:meth:`CertManager.run`) a replica sleeps until the bundle's next renewal or CA
+expiry (:func:`certs.authority.next_change`), at most ``interval`` seconds, and is woken early by a
+watch on the Secret (:meth:`CertManager.follow_secret`): when another replica renews, this one
+picks the new certificate up at once.  A watch the RBAC does not allow degrades to re-reading
+every ``interval`` seconds, with a warning saying what to grant.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import logging
 import threading
 import time
@@ -25,15 +40,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from certs.authority import CertBundle, CertificateError, Hosts, Lifetimes, plan
-from certs.inject import inject_ca_bundle
-from certs.store import SecretConflict, SecretRef, load_dir, read_secret, write_dir, write_secret
+from certs.authority import CertBundle, CertificateError, Hosts, Lifetimes, next_change, plan
+from certs.inject import StaleBundle, inject_ca_bundle
+from certs.store import (
+    SecretConflict,
+    SecretRef,
+    SecretSnapshot,
+    load_dir,
+    load_secret,
+    write_dir,
+    write_secret,
+)
 
 log = logging.getLogger(__name__)
+
+#: Read-decide-write rounds per cycle; each lost round means another replica made progress.
+MAX_ATTEMPTS = 5
+#: Shortest sleep between cycles, so a clock oddity can never turn the loop into a busy loop.
+MIN_DELAY = 0.1
+#: Server-side timeout of one Secret watch request; the watch is then resumed from where it was.
+WATCH_TIMEOUT = 120
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Rotation:
+    """The background threads of a running :class:`CertManager` (see :meth:`CertManager.start`)."""
+
+    threads: list[threading.Thread]
+    stopping: threading.Event
+    manager: CertManager
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.manager.wake.set()
+        self.manager.interrupt_watch()
 
 
 @dataclass
@@ -50,6 +94,12 @@ class CertManager:
     validating: Sequence[str] = ()
     settle_seconds: float = 2.0
     clock: Callable[[], dt.datetime] = utcnow
+    #: The bundle the last successful cycle put in force.
+    current: CertBundle | None = field(default=None, init=False)
+    #: Set to run a cycle now (a Secret change, or stopping).
+    wake: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _seen_version: str = field(default="", init=False, repr=False)
+    _watch_response: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.secret is not None and self.core_v1 is None:
@@ -57,75 +107,229 @@ class CertManager:
         if (self.mutating or self.validating) and self.admission_api is None:
             raise ValueError("caBundle injection needs an AdmissionregistrationV1Api client")
 
-    def _load(self) -> tuple[CertBundle | None, str]:
-        if self.secret is not None:
-            try:
-                return read_secret(self.core_v1, self.secret)
-            except CertificateError as exc:
-                # Corrupt material is replaced rather than served; the reason is logged.
-                log.warning("certificate Secret unusable, regenerating", extra={"reason": str(exc)})
-                return None, self._secret_version()
+    # --- one cycle --------------------------------------------------------------------------------
+
+    def _read_secret(self) -> SecretSnapshot:
+        assert self.secret is not None
+        snapshot = load_secret(self.core_v1, self.secret)
+        if snapshot.problem is not None:
+            # Corrupt material is replaced rather than served; the reason (never the data) is logged.
+            log.warning("certificate Secret unusable, regenerating", extra={"reason": snapshot.problem})
+        self._seen_version = snapshot.resource_version
+        return snapshot
+
+    def _read_dir(self) -> CertBundle | None:
         try:
-            return load_dir(self.cert_dir), ""
+            return load_dir(self.cert_dir)
         except CertificateError as exc:
             log.warning("certificate directory unusable, regenerating", extra={"reason": str(exc)})
-            return None, ""
-
-    def _secret_version(self) -> str:
-        assert self.secret is not None
-        return str(
-            self.core_v1.read_namespaced_secret(
-                self.secret.name, self.secret.namespace
-            ).metadata.resource_version
-        )
+            return None
 
     def ensure(self) -> CertBundle:
         """One rotation cycle; returns the bundle now in force (see the module docstring)."""
-        for _attempt in range(5):
-            existing, version = self._load()
+        for _attempt in range(MAX_ATTEMPTS):
+            snapshot = self._read_secret() if self.secret is not None else None
+            existing = snapshot.bundle if snapshot is not None else self._read_dir()
             bundle, reasons = plan(existing, self.hosts, self.clock(), self.lifetimes)
-            ca_changed = existing is not None and existing.trusted_pem != bundle.trusted_pem
-            if reasons and self.secret is not None:
+            if reasons and snapshot is not None:
+                assert self.secret is not None
                 try:
-                    write_secret(self.core_v1, self.secret, bundle, version)
+                    self._seen_version = write_secret(
+                        self.core_v1, self.secret, bundle, snapshot.resource_version, read=snapshot
+                    )
                 except SecretConflict:
                     log.info("another replica renewed the certificates first; adopting its bundle")
                     continue
             if reasons:
                 log.info(
                     "certificates renewed",
-                    extra={"reasons": reasons, "not_after": bundle.serving.not_after.isoformat()},
+                    extra={
+                        "reasons": reasons,
+                        "serial": f"{bundle.serving.certificate.serial_number:x}",
+                        "not_after": bundle.serving.not_after.isoformat(),
+                    },
                 )
-            self._publish(bundle, ca_changed=ca_changed)
+            try:
+                self._publish(bundle)
+            except StaleBundle:
+                log.info("the Secret changed while publishing; adopting its newer bundle")
+                continue
+            self.current = bundle
             return bundle
-        raise RuntimeError(f"could not update Secret {self.secret} after 5 attempts (constant conflicts)")
+        raise RuntimeError(
+            f"could not settle on a certificate bundle in {MAX_ATTEMPTS} attempts: Secret {self.secret}"
+            " or the webhook configurations kept changing (another writer fighting over them?)"
+        )
 
-    def _publish(self, bundle: CertBundle, *, ca_changed: bool) -> None:
-        patched: list[str] = []
-        if self.mutating or self.validating:
-            patched = inject_ca_bundle(
-                self.admission_api, bundle.trusted_pem, mutating=self.mutating, validating=self.validating
+    def _trust_is_current(self, trusted_pem: bytes) -> bool:
+        """Whether the Secret still holds this trusted bundle (read now, after the configuration)."""
+        snapshot = self._read_secret()
+        return snapshot.bundle is not None and snapshot.bundle.trusted_pem == trusted_pem
+
+    def _publish(self, bundle: CertBundle) -> None:
+        injecting = bool(self.mutating or self.validating)
+        if injecting:
+            confirm = None
+            if self.secret is not None:
+
+                def confirm() -> bool:
+                    return self._trust_is_current(bundle.trusted_pem)
+
+            inject_ca_bundle(
+                self.admission_api,
+                bundle.trusted_pem,
+                mutating=self.mutating,
+                validating=self.validating,
+                confirm=confirm,
             )
-        if patched and ca_changed and self.settle_seconds > 0:
+        served = _safe_load_dir(self.cert_dir)
+        if served == bundle:
+            return
+        if injecting and served is not None and served.ca != bundle.ca and self.settle_seconds > 0:
+            # The configurations now trust the new CA, but the API server applies them through
+            # its own watch: give it a moment before anything signed by that CA is served.
+            log.info("serving certificate from a new CA; waiting for the API server to trust it",
+                     extra={"seconds": self.settle_seconds})  # fmt: skip
             time.sleep(self.settle_seconds)
-        current = _safe_load_dir(self.cert_dir)
-        if current != bundle:
-            write_dir(bundle, self.cert_dir)
+        write_dir(bundle, self.cert_dir)
+
+    # --- between cycles ---------------------------------------------------------------------------
+
+    def next_delay(self, interval: float, failures: int = 0) -> float:
+        """Seconds until the next cycle: the bundle's next change, capped at ``interval``.
+
+        After failed cycles it backs off 1, 2, 4 ... seconds (still capped), so an unreachable API
+        server is retried soon when a renewal is due but never hammered.
+        """
+        if failures:
+            return max(MIN_DELAY, min(interval, 2.0 ** min(failures - 1, 10)))
+        if self.current is None:
+            return max(MIN_DELAY, interval)
+        # A hair past the renewal moment, so the cycle that wakes then finds it due.
+        due = (next_change(self.current) - self.clock()).total_seconds() + 0.05
+        return max(MIN_DELAY, min(interval, due))
 
     def run(self, interval: float, stop: threading.Event) -> None:
-        """Call :meth:`ensure` every ``interval`` seconds until ``stop`` is set; errors are logged."""
-        while not stop.wait(interval):
+        """Run cycles (see :meth:`next_delay`) until ``stop`` is set; errors are logged and retried."""
+        failures = 0
+        while not stop.is_set():
+            self.wake.wait(self.next_delay(interval, failures))
+            self.wake.clear()
+            if stop.is_set():
+                return
             try:
                 self.ensure()
+                failures = 0
             except Exception as exc:
                 # The current certificate stays in use; the next cycle retries.
-                log.error("certificate rotation cycle failed; retrying next cycle", extra=describe_error(exc))
+                failures += 1
+                log.error("certificate rotation cycle failed; retrying", extra=describe_error(exc))
 
-    def start(self, interval: float) -> tuple[threading.Thread, threading.Event]:
-        stop = threading.Event()
-        thread = threading.Thread(target=self.run, args=(interval, stop), name="cert-rotation", daemon=True)
-        thread.start()
-        return thread, stop
+    def follow_secret(self, stop: threading.Event) -> None:
+        """Watch the Secret and wake :meth:`run` whenever it changes, until ``stop`` is set.
+
+        The watch is restricted to the one name (``fieldSelector=metadata.name=...``), which RBAC
+        authorizes as a request for that resource name: ``watch`` with ``resourceNames`` suffices.
+        It resumes from the last version seen, so a change made while it reconnects still wakes
+        the loop; when that version is too old (410) the loop is woken anyway and a fresh watch
+        starts from the current version.
+        """
+        assert self.secret is not None
+        version = self._seen_version
+        failures = 0
+        while not stop.is_set():
+            try:
+                version = self._watch_once(version, stop)
+                failures = 0
+            except _WatchForbidden:
+                log.warning(
+                    "not allowed to watch the certificate Secret; re-reading it every rotation"
+                    " interval instead (grant verb 'watch' on this Secret by resourceNames)",
+                    extra={"secret": str(self.secret)},
+                )
+                return
+            except Exception as exc:
+                if stop.is_set():
+                    return
+                failures += 1
+                log.warning("certificate Secret watch interrupted; resuming", extra=describe_error(exc))
+                stop.wait(min(30.0, 2.0 ** min(failures - 1, 5)))
+
+    def _watch_once(self, version: str, stop: threading.Event) -> str:
+        """One watch request; returns the version to resume from ("" to start afresh)."""
+        assert self.secret is not None
+        if not version:
+            version = str(
+                self.core_v1.read_namespaced_secret(
+                    self.secret.name, self.secret.namespace
+                ).metadata.resource_version
+            )
+        try:
+            response = self.core_v1.list_namespaced_secret(
+                self.secret.namespace,
+                field_selector=f"metadata.name={self.secret.name}",
+                resource_version=version,
+                watch=True,
+                allow_watch_bookmarks=True,
+                timeout_seconds=WATCH_TIMEOUT,
+                _preload_content=False,
+                # A read timeout beyond the server-side one: a silently dead connection is noticed.
+                _request_timeout=(10, WATCH_TIMEOUT + 30),
+            )
+        except Exception as exc:
+            if getattr(exc, "status", None) == 403:
+                raise _WatchForbidden from exc
+            raise
+        self._watch_response = response
+        try:
+            if stop.is_set():  # stopped while connecting: interrupt_watch may have missed this one
+                return version
+            if response.status == 403:
+                raise _WatchForbidden
+            if response.status != 200:
+                raise RuntimeError(f"watch of Secret {self.secret} answered HTTP {response.status}")
+            for line in response:
+                if stop.is_set():
+                    break
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:  # our version is too old to resume from
+                        self.wake.set()
+                        return ""
+                    raise RuntimeError(f"watch of Secret {self.secret} failed: {obj.get('reason')}")
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if kind != "BOOKMARK" and version != self._seen_version:
+                    self.wake.set()
+        finally:
+            self._watch_response = None
+            response.release_conn()
+        return version
+
+    def interrupt_watch(self) -> None:
+        """Close the Secret watch's connection now (stopping), instead of at its server-side timeout."""
+        response = self._watch_response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+    def start(self, interval: float) -> Rotation:
+        """Run :meth:`run` (and, with a Secret, :meth:`follow_secret`) on daemon threads."""
+        stopping = threading.Event()
+        threads = [
+            threading.Thread(target=self.run, args=(interval, stopping), name="cert-rotation", daemon=True)
+        ]
+        if self.secret is not None:
+            threads.append(
+                threading.Thread(target=self.follow_secret, args=(stopping,), name="cert-watch", daemon=True)
+            )
+        for thread in threads:
+            thread.start()
+        return Rotation(threads, stopping, self)
+
+
+class _WatchForbidden(Exception):
+    """RBAC does not allow watching the Secret."""
 
 
 def describe_error(exc: BaseException) -> dict[str, Any]:

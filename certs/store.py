@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,41 +126,96 @@ class SecretConflict(RuntimeError):
     """Someone else updated the Secret since we read it."""
 
 
+@dataclass(frozen=True)
+class SecretSnapshot:
+    """What one read of the Secret returned: its bundle and the ``resourceVersion`` to write at.
+
+    ``bundle`` is None when the Secret holds no certificate material, or (with ``problem`` saying
+    why) when the material is incomplete or unreadable.  Everything comes from ONE read, so an
+    update carrying ``resource_version`` replaces exactly what was judged here and nothing newer.
+    """
+
+    bundle: CertBundle | None
+    resource_version: str
+    problem: str | None = None
+    #: Carried into the update so the manifest's labels and annotations survive a renewal.
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    type: str = "Opaque"
+
+
 def _api_status(exc: Exception) -> int | None:
     status = getattr(exc, "status", None)
     return status if isinstance(status, int) else None
 
 
-def read_secret(core_v1: Any, ref: SecretRef) -> tuple[CertBundle | None, str]:
-    """The bundle stored in the Secret (None when it is empty) and the Secret's resourceVersion.
+def load_secret(core_v1: Any, ref: SecretRef) -> SecretSnapshot:
+    """Read the Secret once; unusable material is reported in ``problem``, never raised.
 
-    The Secret must exist: the webhook's RBAC only allows get/update on that one name (``create``
-    cannot be restricted by name), so the manifests create it empty.
+    The Secret must exist: the webhook's RBAC only allows get/update/watch on that one name
+    (``create`` cannot be restricted by name), so the manifests create it empty.
     """
     secret = core_v1.read_namespaced_secret(ref.name, ref.namespace)
     data: dict[str, str] = dict(secret.data or {})
-    version = str(secret.metadata.resource_version or "")
+    meta = secret.metadata
+    common: dict[str, Any] = {
+        "resource_version": str(meta.resource_version or ""),
+        "labels": dict(meta.labels or {}),
+        "annotations": dict(meta.annotations or {}),
+        "type": secret.type or "Opaque",
+    }
     if not any(data.get(name) for name in _ALL):
-        return None, version
-    files = {name: base64.b64decode(value) for name, value in data.items() if name in _ALL}
-    return bundle_from_files(files), version
+        return SecretSnapshot(bundle=None, **common)
+    try:
+        files = {name: base64.b64decode(value) for name, value in data.items() if name in _ALL}
+        return SecretSnapshot(bundle=bundle_from_files(files), **common)
+    except (CertificateError, ValueError) as exc:
+        return SecretSnapshot(bundle=None, problem=str(exc), **common)
 
 
-def write_secret(core_v1: Any, ref: SecretRef, bundle: CertBundle, resource_version: str) -> str:
+def read_secret(core_v1: Any, ref: SecretRef) -> tuple[CertBundle | None, str]:
+    """The bundle stored in the Secret (None when it is empty) and the Secret's resourceVersion.
+
+    Raises :class:`CertificateError` when the Secret holds incomplete or unreadable material.
+    """
+    snapshot = load_secret(core_v1, ref)
+    if snapshot.problem is not None:
+        raise CertificateError(snapshot.problem)
+    return snapshot.bundle, snapshot.resource_version
+
+
+def write_secret(
+    core_v1: Any,
+    ref: SecretRef,
+    bundle: CertBundle,
+    resource_version: str,
+    *,
+    read: SecretSnapshot | None = None,
+) -> str:
     """Store the bundle if the Secret is still at ``resource_version``; returns the new version.
 
-    Raises :class:`SecretConflict` when another writer got there first.
+    ``read`` is the snapshot the decision was based on: its labels, annotations and type are kept
+    (an update replaces the whole object).  Raises :class:`SecretConflict` when another writer got
+    there first; the caller re-reads and adopts what that writer stored.
     """
     from kubernetes import client
 
+    if not resource_version:
+        # An update without a resourceVersion is unconditional: it would overwrite a concurrent
+        # writer's bundle instead of losing to it.
+        raise ValueError(f"refusing to update Secret {ref} without the resourceVersion it was read at")
     data = {name: base64.b64encode(value).decode() for name, value in bundle_files(bundle).items()}
     body = client.V1Secret(
         api_version="v1",
         kind="Secret",
         metadata=client.V1ObjectMeta(
-            name=ref.name, namespace=ref.namespace, resource_version=resource_version
+            name=ref.name,
+            namespace=ref.namespace,
+            resource_version=resource_version,
+            labels=(read.labels or None) if read else None,
+            annotations=(read.annotations or None) if read else None,
         ),
-        type="Opaque",
+        type=read.type if read else "Opaque",
         data=data,
     )
     try:

@@ -56,7 +56,7 @@ POD_CIDR = "10.244.0.0/24"
 CLUSTER_DNS_IP = "10.0.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 #: Built here (localstack/pause) and imported with the other images; never pulled.
-SANDBOX_IMAGE = "localhost/agentops/pause:1.0"
+SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
 #: Paths containerd, runc, CNI and the kubelet use whatever they are told: a private tmpfs each.
 _PRIVATE_DIRS = ("/run/containerd", "/run/netns", "/var/lib/cni", "/var/log/containers", "/var/log/pods")
 _COREDNS_MANIFEST = Path(__file__).parent / "manifests" / "coredns.yaml"

@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -88,8 +89,9 @@ async def _relay(listener: socket.socket, child: int) -> int:
         child_done.set_result(os.waitpid(child, 0))
 
     loop.add_reader(pidfd, reap)
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({child_done, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
+    waiting: set[asyncio.Future[Any]] = {child_done, stopper}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     server.close()
     if not child_done.done():
         # PID 1 of the node stops its components; the kernel kills what is left when it exits.

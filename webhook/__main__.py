@@ -15,8 +15,11 @@ In a cluster (see deploy/manifests/webhook.yaml)::
 Start-up order: certificates are ensured (created, loaded or renewed) and, with
 ``--register-url``, both webhook configurations are created or replaced with the current
 ``caBundle``; then the server starts, and ``/readyz`` turns ready once the policy cache has listed
-everything.  A background thread re-checks the certificates every ``--rotation-interval`` seconds;
-the TLS layer reloads renewed files without a restart.
+everything.  Background threads (:meth:`certs.rotation.CertManager.start`) renew the certificates
+when due, follow the Secret so a renewal by another replica is picked up at once, and re-check
+everything at least every ``--rotation-interval`` seconds; the TLS layer reloads renewed files
+without a restart.  Several replicas may start at the same moment against one empty Secret: one
+of them creates the certificates, the others adopt them (see :mod:`certs.rotation`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 import uvicorn
 
-from certs.__main__ import add_cert_arguments, add_kube_arguments, manager_from_args
+from certs.__main__ import add_cert_arguments, add_kube_arguments, manager_from_args, positive_float
 from webhook.app import create_app
 from webhook.cache import ClusterPolicyCache
 from webhook.jsonlog import configure_logging
@@ -63,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--unregister-on-exit", action="store_true", help="delete the configurations on exit")
     parser.add_argument(
-        "--rotation-interval", type=float, default=60.0, help="seconds between certificate/caBundle checks"
+        "--rotation-interval",
+        type=positive_float,
+        default=60.0,
+        help="longest time between certificate/caBundle checks (renewals run when due regardless)",
     )
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between cert file polls")
     parser.add_argument("--log-level", default="INFO")
@@ -100,9 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         hint = {
             404: f"Secret {args.secret} does not exist: create it empty (deploy/manifests/webhook.yaml does);"
-            " the webhook may only get and update it",
-            403: "forbidden: the webhook's RBAC (deploy/manifests/rbac-webhook.yaml) must allow get/update on"
-            f" Secret {args.secret} and get/patch on the webhook configurations",
+            " the webhook may only get, update and watch it",
+            403: "forbidden: the webhook's RBAC (deploy/manifests/rbac-webhook.yaml) must allow"
+            f" get/update/watch on Secret {args.secret} and get/patch on the webhook configurations",
             401: "unauthorized: check --kubeconfig or the pod's service account token",
         }[status]
         print(f"error: cannot set up certificates: {hint}", file=sys.stderr)
@@ -151,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=5,
     )
     tls.start()
-    _, stop_rotation = manager.start(args.rotation_interval)
+    rotation = manager.start(args.rotation_interval)
     log.info(
         "webhook starting", extra={"host": args.host, "port": args.port, "register_url": args.register_url}
     )
@@ -165,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # nothing that must happen on exit is left to this ``finally``.
         uvicorn.Server(config).run()
     finally:
-        stop_rotation.set()
+        rotation.stop()
         tls.stop()
     return 0
 
