@@ -136,10 +136,12 @@ class KubeHTTP:
 
     def headers(self, accept: str = "application/json") -> dict[str, str]:
         headers = {"Accept": accept, "User-Agent": "agentops-webhook"}
-        # Called per request so an in-cluster projected token is re-read after rotation.
-        token = self._cfg.get_api_key_with_prefix("authorization")
-        if token:
-            headers["Authorization"] = token
+        # Called per request so an in-cluster projected token is re-read after rotation.  The
+        # client's own auth_settings() names the header: the key it stores the token under has
+        # changed between client releases ("authorization", then "BearerToken").
+        for setting in self._cfg.auth_settings().values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[setting["key"].title()] = setting["value"]
         return headers
 
     async def aclose(self) -> None:
