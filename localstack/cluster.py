@@ -96,6 +96,11 @@ class NodeCluster:
     def running(self) -> bool:
         return self._pid_file.alive_pid() is not None
 
+    def sandbox_pid(self) -> int | None:
+        """The host pid of the process that holds the node's namespaces (its network namespace
+        is ``/proc/<pid>/ns/net``), or None when the node is not running."""
+        return self._pid_file.alive_pid()
+
     def state(self) -> dict[str, Any]:
         try:
             state: dict[str, Any] = json.loads(self.layout.state_file.read_text())

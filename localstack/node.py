@@ -115,6 +115,7 @@ class NodeInit:
         self.layout = layout
         self.binary = binary
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.started_at: dict[str, float] = {}
         self.pki: Pki | None = None
         self.control_plane = ControlPlane(
             layout.controlplane, apiserver_port=API_PORT, with_node=True, progress=self.say
@@ -328,6 +329,7 @@ class NodeInit:
         log = self.layout.log(name)
         log.unlink(missing_ok=True)
         full = [str(self.binary), *argv] if binary_is_kcp else list(argv)
+        self.started_at[name] = time.time()
         self.procs[name] = _process.spawn(
             full, log=log, pid_file=_process.PidFile(self.layout.run / "pids" / f"{name}.pid")
         )
@@ -544,12 +546,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         init.report("starting", step="containerd")
         init.start_containerd()
         images = init.import_images()
-        init.report("starting", step="kubelet", images=images)
+        imported_at = time.time()
+        init.report("starting", step="kubelet", images=images, images_imported_at=imported_at)
         init.start_node_components(pki)
+        times = {"images_imported_at": imported_at, "kubelet_started_at": init.started_at["kubelet"]}
         init.wait_node_ready(deadline)
-        init.report("starting", step="cluster DNS", images=images)
+        init.report("starting", step="cluster DNS", images=images, **times)
         init.start_dns(deadline, images)
-        init.report("ready", images=images, seconds=round(time.monotonic() - started, 1))
+        init.report("ready", images=images, seconds=round(time.monotonic() - started, 1), **times)
         init.say(f"node ready in {time.monotonic() - started:.1f}s")
         while True:
             if (problem := init._any_exited()) is not None:

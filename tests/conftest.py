@@ -10,9 +10,14 @@ The contract (other suites depend on exactly these names and types):
   ``cluster_kubectl`` (session): the same without a namespace, for cluster-scoped work.
 - ``redis_server`` (session): a started :class:`localstack.redis_server.RedisServer`;
   ``redis_url`` (function): its URL, with every database flushed before the test.
+- ``node_cluster`` (session): a started :class:`localstack.cluster.NodeCluster`, a second cluster
+  with a real node (containerd, runc, kubelet, kube-proxy, CoreDNS) and every image imported;
+  ``node_kubectl`` (session): kubectl for it; ``installed`` (session): the same cluster with
+  agentops-operator installed by ``kubectl apply -k`` (the local overlay of ``deploy/``).
 
 Tests that use the control plane or Redis are marked ``cluster`` / ``redis`` automatically,
-so ``pytest -m "not cluster and not redis"`` runs only the pure tests.
+and those on the real node ``node``, so ``pytest -m "not cluster and not redis and not node"`` runs
+only the pure tests.
 
 Cleanup: fixtures stop their processes in teardown, which pytest also runs after a failure
 or Ctrl-C; and every process is started with a parent-death signal, so even a pytest killed
@@ -32,6 +37,7 @@ import yaml
 from kubernetes import client
 
 from localstack import _kube
+from localstack.cluster import NodeCluster
 from localstack.controlplane import ControlPlane
 from localstack.crds import CRD_DIR
 from localstack.redis_server import RedisServer
@@ -45,6 +51,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
         if {"redis_server", "redis_url"} & set(names):
             item.add_marker(pytest.mark.redis)
+        if {"node_cluster", "node_kubectl", "installed"} & set(names):
+            item.add_marker(pytest.mark.node)
 
 
 @pytest.fixture(scope="session")
@@ -118,3 +126,24 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
+    cluster = NodeCluster(tmp_path_factory.mktemp("node"), die_with_parent=True)
+    try:
+        cluster.start(timeout=600)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def node_kubectl(node_cluster: NodeCluster) -> Kubectl:
+    return Kubectl(node_cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def installed(node_cluster: NodeCluster) -> NodeCluster:
+    node_cluster.install(timeout=300)
+    return node_cluster

@@ -11,7 +11,7 @@ normalised here and nowhere else, explicitly:
   in ``crds/`` are copied verbatim and carry none); every other label is the same on both sides.
 
 The local cluster's overlay (``localstack/overlays/node``: Redis on an emptyDir) must likewise equal
-the chart with ``redis.persistence.enabled=false``.
+the chart with ``redis.persistence.enabled=false`` and ``provider.offlineFallback=true``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def test_kustomize_base_and_default_chart_render_the_same_objects(helm: Path) ->
 
 
 def test_local_overlay_and_chart_without_persistence_agree(helm: Path) -> None:
-    assert compare(LOCAL_OVERLAY, helm, {"redis.persistence.enabled": "false"}) == []
+    local = {"redis.persistence.enabled": "false", "provider.offlineFallback": "true"}
+    assert compare(LOCAL_OVERLAY, helm, local) == []
 
 
 def test_local_overlay_runs_redis_on_an_empty_dir() -> None:
