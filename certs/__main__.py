@@ -5,8 +5,8 @@ Examples::
     # local stack: a CA and a serving cert for 127.0.0.1/localhost in ./certs-dir
     python -m certs ensure --cert-dir ./certs-dir
 
-    # cluster: keep the Secret current and inject caBundle, every hour
-    python -m certs run --in-cluster --cert-dir /tmp/certs --service agentops-webhook \\
+    # cluster: keep the Secret current and caBundle injected (renews when due, checks every minute)
+    python -m certs run --in-cluster --cert-dir /var/run/agentops/certs --service agentops-webhook \\
         --namespace agentops-system --secret agentops-system/agentops-webhook-tls \\
         --mutating agentops-admission --validating agentops-admission --interval 60
 
@@ -154,7 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     manager.ensure()
     if args.command == "run":
         rotation = manager.start(args.interval)
-        rotation.threads[0].join()
+        try:
+            rotation.threads[0].join()
+        except KeyboardInterrupt:
+            rotation.stop()
+            return 130
     return 0
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from localstack import _process
-from localstack._pki import NODE_IP, NODE_NAME, Pki
+from localstack._pki import NODE_IP, NODE_NAME, SERVICE_CLUSTER_IP_RANGE, Pki
 from localstack.controlplane import ControlPlane, write_kubeconfig
 
 __all__ = [
@@ -145,6 +145,10 @@ class NodeInit:
         # The node's address on loopback (no dummy interface module is needed): pods reach it
         # through the bridge, and it is the address the API server advertises.
         _run("ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+        # With no default route, a connection the node itself opens to a Service address (the
+        # API server calling the webhook) would fail the route lookup before kube-proxy's DNAT
+        # could rewrite it: give the Service range a route that only exists to be rewritten.
+        _run("ip", "route", "add", SERVICE_CLUSTER_IP_RANGE, "dev", "lo")
         for key, value in (
             ("net/ipv4/ip_forward", "1"),
             # Service traffic between two pods on the same bridge must pass kube-proxy's rules.

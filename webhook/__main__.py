@@ -7,10 +7,13 @@ Local stack (one command: certificates, registration, serving)::
 
 In a cluster (see deploy/manifests/webhook.yaml)::
 
-    python -m webhook --in-cluster --host 0.0.0.0 --port 8443 --cert-dir /tmp/certs \\
+    python -m webhook --in-cluster --host 0.0.0.0 --port 8443 --cert-dir /var/run/agentops/certs \\
         --service agentops-webhook --namespace agentops-system \\
         --secret agentops-system/agentops-webhook-tls \\
         --mutating agentops-admission --validating agentops-admission
+
+``--cert-dir`` must be writable with a read-only root filesystem: the manifest mounts an
+``emptyDir`` there (files are replaced by a temporary file in the same directory, then a rename).
 
 Start-up order: certificates are ensured (created, loaded or renewed) and, with
 ``--register-url``, both webhook configurations are created or replaced with the current

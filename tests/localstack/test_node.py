@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from localstack import images
+from localstack._pki import SERVICE_CLUSTER_IP_RANGE
 from localstack.cluster import NodeCluster
 from localstack.node import NODE_IP, NODE_NAME, POD_CIDR
 from tests.support.kubectl import Kubectl
@@ -58,9 +59,10 @@ def test_the_node_network_has_no_route_off_the_machine(node_cluster: NodeCluster
     lookup = in_node_netns(node_cluster, "ip", "-4", "route", "get", UNROUTABLE)
     assert lookup.returncode != 0, lookup.stdout
     assert "unreachable" in lookup.stderr.lower(), lookup.stderr
-    # The only routes are the pods' bridge: no other network is reachable from the node.
+    # The only routes are the pods' bridge and the Service range kube-proxy rewrites: no other
+    # network is reachable from the node.
     routes = in_node_netns(node_cluster, "ip", "-4", "-json", "route", "show").stdout
-    assert {r["dst"] for r in json.loads(routes)} == {POD_CIDR}, routes
+    assert {r["dst"] for r in json.loads(routes)} == {POD_CIDR, SERVICE_CLUSTER_IP_RANGE}, routes
     # And it is not the host's network: the host's interfaces are not in it.
     links = {link["ifname"] for link in json.loads(in_node_netns(node_cluster, "ip", "-json", "link").stdout)}
     assert links <= {"lo", "cni0"} | {name for name in links if name.startswith("veth")}, links

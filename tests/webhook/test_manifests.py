@@ -74,7 +74,7 @@ def test_rbac_has_no_wildcards_and_names_its_secret_and_configurations() -> None
             "apiGroups": [""],
             "resources": ["secrets"],
             "resourceNames": ["agentops-webhook-tls"],
-            "verbs": ["get", "update"],
+            "verbs": ["get", "update", "watch"],
         }
     ]
 
