@@ -1,0 +1,1 @@
+"""agentops-operator installed into the real node (``kubectl apply -k``) and used as a user would."""
