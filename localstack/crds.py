@@ -1,4 +1,5 @@
-"""Write ``deploy/crds/*.yaml`` from the shared model: ``python -m localstack.crds``."""
+"""Write ``deploy/crds/*.yaml`` and the Helm chart's copy in ``deploy/chart/crds/`` from the shared
+model: ``python -m localstack.crds`` (``make crds``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import yaml
 from policies.crd import all_crds
 
 CRD_DIR = Path(__file__).resolve().parent.parent / "deploy" / "crds"
+#: Helm installs what is in a chart's crds/ before its templates; kept identical to CRD_DIR.
+CHART_CRD_DIR = CRD_DIR.parent / "chart" / "crds"
 HEADER = "# Generated from policies/models.py by `python -m localstack.crds`; do not edit by hand.\n"
 
 
@@ -22,10 +25,12 @@ def crd_files() -> dict[Path, str]:
 
 
 def main() -> None:
-    CRD_DIR.mkdir(exist_ok=True)
-    for path, text in crd_files().items():
-        path.write_text(text)
-        print(f"wrote {path}")
+    for directory in (CRD_DIR, CHART_CRD_DIR):
+        directory.mkdir(exist_ok=True)
+        for path, text in crd_files().items():
+            target = directory / path.name
+            target.write_text(text)
+            print(f"wrote {target}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from localstack import _process
+from localstack import _process, images
 from localstack._pki import NODE_IP, NODE_NAME, SERVICE_CLUSTER_IP_RANGE, Pki
 from localstack.controlplane import ControlPlane, write_kubeconfig
 
@@ -56,7 +56,7 @@ POD_CIDR = "10.244.0.0/24"
 CLUSTER_DNS_IP = "10.0.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 #: Built here (localstack/pause) and imported with the other images; never pulled.
-SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
+SANDBOX_IMAGE = images.PAUSE_IMAGE
 #: Paths containerd, runc, CNI and the kubelet use whatever they are told: a private tmpfs each.
 _PRIVATE_DIRS = ("/run/containerd", "/run/netns", "/var/lib/cni", "/var/log/containers", "/var/log/pods")
 _COREDNS_MANIFEST = Path(__file__).parent / "manifests" / "coredns.yaml"
@@ -190,12 +190,10 @@ class NodeInit:
 
     def import_images(self) -> list[str]:
         archives = [Path(p) for p in self.layout.images_file.read_text().split()]
-        for archive in archives:
-            result = self._ctr("images", "import", "--no-unpack", str(archive))
-            if result.returncode != 0:
-                raise _Failed(f"importing {archive} into containerd failed: {result.stderr.strip()}")
+        # Unpacked on first use by the CRI plugin: a faster start, and only what runs is unpacked.
+        images.import_images(str(self.layout.containerd_socket), archives, unpack=False)
         listed = self._ctr("images", "list", "--quiet")
-        names = sorted(line for line in listed.stdout.splitlines() if line)
+        names = sorted(line for line in listed.stdout.splitlines() if line and not line.startswith("sha256:"))
         if SANDBOX_IMAGE not in names:
             raise _Failed(f"the sandbox image {SANDBOX_IMAGE} is not among the imported images: {names}")
         return names
@@ -266,12 +264,11 @@ class NodeInit:
             interval=0.5,
         )
 
-    def start_dns(self, deadline: float, images: list[str]) -> None:
-        coredns = [name for name in images if "/coredns:" in name]
-        if not coredns:
-            raise _Failed(f"no CoreDNS image among the imported images: {images}")
+    def start_dns(self, deadline: float, present: list[str]) -> None:
+        if images.COREDNS_IMAGE not in present:
+            raise _Failed(f"the CoreDNS image {images.COREDNS_IMAGE} was not imported: {present}")
         manifest = self.layout.run / "node" / "coredns.yaml"
-        manifest.write_text(_COREDNS_MANIFEST.read_text().replace("COREDNS_IMAGE", coredns[0]))
+        manifest.write_text(_COREDNS_MANIFEST.read_text().replace("COREDNS_IMAGE", images.COREDNS_IMAGE))
         self._kubectl("apply", "--server-side", "-f", str(manifest))
         self._kubectl(
             "-n",
@@ -549,15 +546,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         pki = init.start_control_plane()
         init.report("starting", step="containerd")
         init.start_containerd()
-        images = init.import_images()
+        present = init.import_images()
         imported_at = time.time()
-        init.report("starting", step="kubelet", images=images, images_imported_at=imported_at)
+        init.report("starting", step="kubelet", images=present, images_imported_at=imported_at)
         init.start_node_components(pki)
         times = {"images_imported_at": imported_at, "kubelet_started_at": init.started_at["kubelet"]}
         init.wait_node_ready(deadline)
-        init.report("starting", step="cluster DNS", images=images, **times)
-        init.start_dns(deadline, images)
-        init.report("ready", images=images, seconds=round(time.monotonic() - started, 1), **times)
+        init.report("starting", step="cluster DNS", images=present, **times)
+        init.start_dns(deadline, present)
+        init.report("ready", images=present, seconds=round(time.monotonic() - started, 1), **times)
         init.say(f"node ready in {time.monotonic() - started:.1f}s")
         while True:
             if (problem := init._any_exited()) is not None:
