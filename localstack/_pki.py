@@ -190,9 +190,7 @@ def _write_pair(cert_path: Path, key_path: Path, pair: KeyPair) -> None:
 def _apiserver_hosts() -> Hosts:
     """The API server's names: loopback for the host, the node's address and the ``kubernetes``
     Service for pods."""
-    return Hosts(
-        dns_names=APISERVER_DNS_NAMES, ip_addresses=("127.0.0.1", NODE_IP, KUBERNETES_SERVICE_IP)
-    )
+    return Hosts(dns_names=APISERVER_DNS_NAMES, ip_addresses=("127.0.0.1", NODE_IP, KUBERNETES_SERVICE_IP))
 
 
 def _leaves(

@@ -19,6 +19,10 @@ Fail closed: before the cache has synced, and on any unexpected error while deci
 is *denied* with a message (the error is logged with the request uid, never the object).  The
 API server would deny on a webhook failure anyway (``failurePolicy: Fail``); answering ourselves
 gives the user a message that says what happened instead of a TLS or timeout error.
+
+Draining (``draining()`` true, after SIGTERM with ``--drain-seconds``, see :mod:`webhook.__main__`):
+every response carries ``Connection: close``, so the API server drops its keep-alive connection
+after the answer instead of reusing it once the server is gone, and ``/readyz`` answers ``503``.
 """
 
 from __future__ import annotations
@@ -195,13 +199,33 @@ def _decision_label(decision: Decision) -> str:
     return "warned" if decision.warnings else "allowed"
 
 
+def _closing(send: Send) -> Send:
+    """``send`` that marks the response ``Connection: close``: the server closes the connection
+    after it, and the client knows not to send another request on it."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
+
+
+def _never() -> bool:
+    return False
+
+
 def create_app(
     source: PolicySource,
     *,
     metrics: WebhookMetrics | None = None,
     lifecycle: Sequence[Lifecycle] = (),
+    draining: Callable[[], bool] = _never,
 ) -> ASGIApp:
-    """The webhook app over ``source``; ``lifecycle`` objects are started and stopped with it."""
+    """The webhook app over ``source``; ``lifecycle`` objects are started and stopped with it.
+
+    ``draining`` says whether the server is shutting down (see the module docstring).
+    """
     metrics = metrics or WebhookMetrics()
 
     @asynccontextmanager
@@ -329,6 +353,8 @@ def create_app(
         # routing, middleware and exception machinery, and every bit of Python skipped counts
         # twice per create (mutate + validate; measured in docs/webhook.md, "Benchmarks").
         # Everything else (health, readiness, metrics, lifespan, 404) goes to FastAPI.
+        if draining() and scope["type"] == "http":
+            send = _closing(send)
         endpoint = routes.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None:
             await app(scope, receive, send)
@@ -351,6 +377,8 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        if draining():
+            return Response("shutting down", status_code=503, media_type="text/plain")
         if source.synced:
             return Response("ok", media_type="text/plain")
         return Response("policy cache not synced yet", status_code=503, media_type="text/plain")

@@ -277,9 +277,7 @@ def test_a_stopped_or_killed_node_leaves_nothing_behind(tmp_path: Path, how: str
             assert cluster.stop() is True
         else:
             os.kill(pid, signal.SIGKILL)
-        eventually(
-            "no process is left in the node's namespaces", lambda: holders_of(inodes) == [], within=30
-        )
+        eventually("no process is left in the node's namespaces", lambda: holders_of(inodes) == [], within=30)
     finally:
         cluster.stop()
     assert processes_using(tmp_path) == []
