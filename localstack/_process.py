@@ -199,6 +199,21 @@ def _group_exists(pgid: int) -> bool:
     except PermissionError:
         return True
     # killpg(.., 0) also succeeds for zombies: only count group members that still run.
+    return any(p.group == pgid and p.state != "Z" for p in process_table())
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStat:
+    """The fields of ``/proc/PID/stat`` the local stack looks at."""
+
+    pid: int
+    state: str
+    parent: int
+    group: int
+
+
+def process_table() -> Iterator[ProcessStat]:
+    """Every process visible in this mount's ``/proc``; ones that exit while being read are skipped."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -206,10 +221,10 @@ def _group_exists(pgid: int) -> bool:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
+        # The command name (field 2) may contain spaces and parentheses; fields after it are plain.
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
+        if len(fields) > 2:
+            yield ProcessStat(int(entry.name), fields[0], int(fields[1]), int(fields[2]))
 
 
 def _reap(pid: int) -> None:

@@ -655,20 +655,20 @@ def _build_redis(image: _Image, base: str | None, progress: Progress) -> None:
     _capture(_buildah("commit", "--quiet", "--rm", container, image.name), "committing redis")
 
 
+def _scratch_image(image: _Image, what: str, binary: Path, config: Sequence[str]) -> None:
+    """An image ``FROM scratch`` holding one static binary at ``/<what>``."""
+    container = _capture(_buildah("from", "--name", f"agentops-{what}", "scratch"), f"creating {what}")
+    _capture(_buildah("copy", "--chmod", "0755", container, str(binary), f"/{what}"), f"copying {what}")
+    _capture(_buildah("config", *config, container), f"configuring {what}")
+    _capture(_buildah("commit", "--quiet", "--rm", container, image.name), f"committing {what}")
+
+
 def _build_coredns(image: _Image, base: str | None, progress: Progress) -> None:
-    binary = coredns_tool().ensure(progress)
-    container = _capture(_buildah("from", "--name", "agentops-coredns", "scratch"), "creating coredns")
-    _capture(_buildah("copy", "--chmod", "0755", container, str(binary), "/coredns"), "copying coredns")
-    _capture(_buildah("config", *_COREDNS_CONFIG, container), "configuring coredns")
-    _capture(_buildah("commit", "--quiet", "--rm", container, image.name), "committing coredns")
+    _scratch_image(image, "coredns", coredns_tool().ensure(progress), _COREDNS_CONFIG)
 
 
 def _build_pause(image: _Image, base: str | None, progress: Progress) -> None:
-    binary = pause_tool().ensure(progress)
-    container = _capture(_buildah("from", "--name", "agentops-pause", "scratch"), "creating pause")
-    _capture(_buildah("copy", "--chmod", "0755", container, str(binary), "/pause"), "copying pause")
-    _capture(_buildah("config", *_PAUSE_CONFIG, container), "configuring pause")
-    _capture(_buildah("commit", "--quiet", "--rm", container, image.name), "committing pause")
+    _scratch_image(image, "pause", pause_tool().ensure(progress), _PAUSE_CONFIG)
 
 
 def _build(image: _Image, base: str | None, progress: Progress) -> None:

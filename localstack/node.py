@@ -392,17 +392,10 @@ def _run(*argv: str) -> str:
 def _reap_orphans(ours: set[int]) -> None:
     """Collect the zombies PID 1 inherits (containerd's shims daemonize), leaving our own
     children to their :class:`subprocess.Popen` objects."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in ours:
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1 and fields[0] == "Z" and fields[1] == "1":
+    for proc in _process.process_table():
+        if proc.state == "Z" and proc.parent == 1 and proc.pid not in ours:
             with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(int(entry.name), os.WNOHANG)
+                os.waitpid(proc.pid, os.WNOHANG)
 
 
 def _cgroup_hierarchies() -> list[Path]:
