@@ -198,7 +198,12 @@ def test_pods_get_dns_services_tokens_volumes_and_kubelet_probes(node_kubectl: K
 
         service = kubectl.json("get", "service", "probe-me")
         fqdn = f"probe-me.{namespace}.svc.cluster.local"
-        seen = json.loads(kubectl("exec", name, "--", "python", "-c", CLIENT, fqdn, timeout=60).stdout)
+        # A Ready pod reaches the Service only once the EndpointSlice has it and kube-proxy has
+        # synced its rules (until then the ClusterIP rejects), so the first answer is the signal.
+        seen = eventually(
+            "the pod reaches its Service by name, and the API server with its token",
+            lambda: json.loads(kubectl("exec", name, "--", "python", "-c", CLIENT, fqdn, timeout=60).stdout),
+        )
         assert seen == {"resolved": service["spec"]["clusterIP"], "served": "sesame open", "api": "v1.33.13"}
     finally:
         node_kubectl("delete", "namespace", namespace, "--wait=false")
