@@ -8,7 +8,7 @@
 #   make cluster-down  stop it
 #   make images        build the images (product, Redis, CoreDNS, pause) without a registry
 #   make bench         run every benchmarks/bench_*.py
-#   make crds          regenerate deploy/crds/ (and the chart's copy) from policies/models.py
+#   make crds          regenerate deploy/crds/ (and the chart's copy) from contracts/resources.py
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c

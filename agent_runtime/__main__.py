@@ -14,7 +14,7 @@ import sys
 from agent_runtime import logs
 from agent_runtime.settings import Settings
 from agent_runtime.worker import Worker
-from policies.runtime_config import ConfigError
+from contracts.runtime_env import ConfigError
 
 log = logging.getLogger("agent_runtime")
 

@@ -1,6 +1,6 @@
 """Token and USD budgets that hold across any number of workers: reserve before a call, settle after.
 
-One Redis hash per (scope, period), named by :func:`policies.tasks.budget_key`, with the fields
+One Redis hash per (scope, period), named by :func:`contracts.keys.budget_key`, with the fields
 ``tokens`` and ``cost_usd`` (settled, real usage) and ``reserved_tokens`` and ``reserved_cost_usd``
 (held by calls in flight).  Both steps are Lua scripts, so a check and its increment are one atomic
 step in Redis: two workers can never both see the same headroom.
@@ -22,14 +22,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from policies.prices import PriceTable
-from policies.runtime_config import RuntimeConfig
-from policies.tasks import (
-    budget_key,
-    budget_period_end,
-    budget_period_id,
-    reservation_tokens,
-)
+from contracts.budgets import budget_period_end, budget_period_id, reservation_tokens
+from contracts.keys import budget_key
+from contracts.prices import PriceTable
+from contracts.runtime_env import RuntimeConfig
 
 #: Keys outlive their period by this much, so a status reader still sees the period that just ended.
 KEY_GRACE_SECONDS = 3600

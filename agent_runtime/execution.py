@@ -24,7 +24,7 @@ from agent_runtime.redelivery import Redelivery
 from agent_runtime.redis_link import RedisLink
 from agent_runtime.results import Outcome, ResultWriter
 from agent_runtime.settings import Settings
-from policies.tasks import MAX_PROMPT_BYTES, TASK_FIELDS, Result, Task
+from contracts.streams import MAX_PROMPT_BYTES, TASK_FIELDS, Result, Task
 
 log = logging.getLogger("agent_runtime")
 

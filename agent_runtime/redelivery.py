@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from agent_runtime.entries import Entry, RawEntry
 from agent_runtime.redis_link import REDIS_ERRORS
-from policies.tasks import CONSUMER_GROUP, Result
+from contracts.streams import CONSUMER_GROUP, Result
 
 log = logging.getLogger("agent_runtime")
 

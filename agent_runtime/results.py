@@ -23,7 +23,8 @@ from agent_runtime.entries import Entry
 from agent_runtime.metrics import RuntimeMetrics
 from agent_runtime.redelivery import DEAD_LETTER_MAXLEN, Redelivery
 from agent_runtime.redis_link import REDIS_ERRORS, Backoff, RedisLink
-from policies.tasks import CONSUMER_GROUP, Result, done_key
+from contracts.keys import done_key
+from contracts.streams import CONSUMER_GROUP, Result
 
 log = logging.getLogger("agent_runtime")
 

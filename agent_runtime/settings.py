@@ -1,6 +1,6 @@
 """Everything a worker process needs, read once at start from its environment and mounted files.
 
-The controller's contract is :class:`policies.runtime_config.RuntimeConfig` (``AGENTOPS_<FIELD>``);
+The controller's contract is :class:`contracts.runtime_env.RuntimeConfig` (``AGENTOPS_<FIELD>``);
 this module adds what a pod gets besides it:
 
 - the system prompt, read from the file named by ``AGENTOPS_PROMPT_FILE``;
@@ -9,7 +9,7 @@ this module adds what a pod gets besides it:
   ``AGENTOPS_RECLAIM_MARGIN_SECONDS``, ``AGENTOPS_SHUTDOWN_GRACE_SECONDS`` and
   ``AGENTOPS_HTTP_HOST``.
 
-Every problem raises :class:`policies.runtime_config.ConfigError` naming the variable to fix.
+Every problem raises :class:`contracts.runtime_env.ConfigError` naming the variable to fix.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from policies.prices import PriceTable
-from policies.runtime_config import API_KEY_ENV, ENV_PREFIX, ConfigError, RuntimeConfig
+from contracts.prices import PriceTable
+from contracts.runtime_env import API_KEY_ENV, ENV_PREFIX, ConfigError, RuntimeConfig
 
 PRICES_ENV = f"{ENV_PREFIX}PRICES"
 RECLAIM_MARGIN_ENV = f"{ENV_PREFIX}RECLAIM_MARGIN_SECONDS"

@@ -64,7 +64,8 @@ from agent_runtime.redelivery import Redelivery
 from agent_runtime.redis_link import REDIS_ERRORS, Backoff, RedisLink
 from agent_runtime.results import ResultWriter
 from agent_runtime.settings import Settings
-from policies.tasks import CONSUMER_GROUP, dead_letter_stream, done_key, task_stream
+from contracts.keys import dead_letter_stream, done_key, task_stream
+from contracts.streams import CONSUMER_GROUP
 
 log = logging.getLogger("agent_runtime")
 

@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from policies.models import CHANGE_REASON, GROUP, LABEL_AGENT, VERSION
+from contracts.resources import CHANGE_REASON, GROUP, LABEL_AGENT, VERSION
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:

@@ -24,8 +24,8 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from agentops.history_cmd import add_cluster_options, api_and_namespace
-from policies.models import GROUP, VERSION
-from policies.tasks import pipeline_output_key, pipeline_step_output_key
+from contracts.keys import pipeline_output_key, pipeline_step_output_key
+from contracts.resources import GROUP, VERSION
 
 _SYMBOL = {"Pending": "·", "Waiting": "…", "Running": "▶", "Succeeded": "✔", "Failed": "✘", "Skipped": "-"}
 

@@ -26,8 +26,8 @@ import jsonpatch
 import yaml
 from pydantic import ValidationError
 
+from contracts.resources import AgentPolicy, ClusterAgentPolicy
 from policies.engine import AdmissionRequest, PolicySet, UserInfo, mutate, validate
-from policies.models import AgentPolicy, ClusterAgentPolicy
 
 TEST_USER = UserInfo(username="policy-test", uid="", groups=("system:authenticated",))
 CHECKED_KINDS = frozenset(

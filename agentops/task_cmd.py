@@ -23,7 +23,8 @@ from typing import Any, cast
 
 import redis
 
-from policies.tasks import MAX_PROMPT_BYTES, Result, Task, client_results_stream, task_stream
+from contracts.keys import client_results_stream, task_stream
+from contracts.streams import MAX_PROMPT_BYTES, Result, Task
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_URL_ENV = "AGENTOPS_REDIS_URL"

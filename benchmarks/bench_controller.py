@@ -37,12 +37,12 @@ import redis
 import yaml
 from kubernetes import client
 
+from contracts.keys import pipeline_results_stream, task_stream
 from localstack import _kube
 from localstack.agents import run_local_agents
 from localstack.controlplane import ControlPlane
 from localstack.crds import CRD_DIR
 from localstack.redis_server import RedisServer
-from policies.tasks import pipeline_results_stream, task_stream
 
 GROUP, VERSION = "agentops.agentops.io", "v1alpha1"
 SEED_POLL_MEAN_MS = 2500.0

@@ -35,8 +35,8 @@ from typing import Any
 
 import jsonpatch
 
+from contracts.resources import AgentPolicy, ClusterAgentPolicy
 from policies.engine import AdmissionRequest, PolicySet, UserInfo, mutate, validate
-from policies.models import AgentPolicy, ClusterAgentPolicy
 
 NAMESPACE = "team"
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -32,9 +32,10 @@ from typing import Any, cast
 
 import redis
 
+from contracts.keys import client_results_stream, task_stream
+from contracts.runtime_env import RuntimeConfig
+from contracts.streams import CONSUMER_GROUP, Result, Task
 from localstack.redis_server import RedisServer
-from policies.runtime_config import RuntimeConfig
-from policies.tasks import CONSUMER_GROUP, Result, Task, client_results_stream, task_stream
 
 REPO = Path(__file__).resolve().parent.parent
 CONCURRENCY = 32

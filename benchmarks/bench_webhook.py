@@ -56,8 +56,8 @@ def serve(port: int, cert_dir: Path, extra_policies: int) -> None:
     import uvicorn
     import yaml
 
+    from contracts.resources import ClusterAgentPolicy
     from policies.engine import PolicySet
-    from policies.models import ClusterAgentPolicy
     from webhook.app import create_app
     from webhook.cache import Snapshot, StaticPolicySource
     from webhook.tls import ReloadingTLS

@@ -15,8 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from contracts.resources import SecretKeyRef
 from controller.render import DEFAULT_RUNTIME_IMAGE, RenderOptions
-from policies.models import SecretKeyRef
 
 
 def pod_priority(pod_name: str | None) -> int:

@@ -30,10 +30,10 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from contracts.resources import LABEL_AGENT, AgentDeployment, prompt_sha256
 from controller import autoscale, budget, render, revisions
 from controller.context import Context
 from controller.policy import AgentPolicyView
-from policies.models import LABEL_AGENT, AgentDeployment, prompt_sha256
 
 logger = logging.getLogger("controller.agents")
 

@@ -23,8 +23,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from policies.models import AgentDeployment, Autoscaling
-from policies.tasks import CONSUMER_GROUP, task_stream
+from contracts.keys import task_stream
+from contracts.resources import AgentDeployment, Autoscaling
+from contracts.streams import CONSUMER_GROUP
 
 KEDA_GROUP = "keda.sh"
 KEDA_VERSION = "v1alpha1"

@@ -1,6 +1,6 @@
 """Budget status: an agent's spend in the current period, read from the hash the runtime settles into.
 
-The runtime reserves and settles spend atomically in Redis (``policies.tasks.budget_key``); the
+The runtime reserves and settles spend atomically in Redis (``contracts.keys.budget_key``); the
 controller only reads it, so ``status.usage`` and the ``BudgetExceeded`` condition show what the
 workers actually enforce.  Spend counts settled usage only; reservations of calls in flight are
 not yet spent.
@@ -12,8 +12,9 @@ import time
 
 from redis.asyncio import Redis
 
-from policies.models import Budget, Usage
-from policies.tasks import budget_key, budget_period_id, reservation_tokens
+from contracts.budgets import budget_period_id, reservation_tokens
+from contracts.keys import budget_key
+from contracts.resources import Budget, Usage
 
 
 async def read_usage(redis: Redis, namespace: str, agent: str, budget: Budget | None) -> Usage:

@@ -7,7 +7,7 @@ so :mod:`controller.pipelines` only carries decisions out (Redis, status patches
 * :func:`skip_blocked` - steps that can never run because a dependency failed or was skipped, and,
   with ``failFast`` (the default), every step not yet started once any step failed;
 * :func:`compose_prompt` - a step's prompt from its ``inputs`` templates (seed syntax, rendered by
-  :mod:`policies.templates`); an input that renders empty is an error reported on the step;
+  :mod:`contracts.templates`); an input that renders empty is an error reported on the step;
 * :func:`pipeline_phase` / :func:`progress`.
 
 Task ids are deterministic, ``<pipeline uid>:<step>:<attempt>``, which is what makes a restart
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from policies import templates
-from policies.models import AgentPipelineSpec, PipelinePhase, PipelineStep, StepStatus
+from contracts import templates
+from contracts.resources import AgentPipelineSpec, PipelinePhase, PipelineStep, StepStatus
 
 #: How much of a step's (or the pipeline's) output is kept in status; the rest stays in Redis.
 STATUS_OUTPUT_LIMIT = 2048
@@ -102,7 +102,7 @@ def skip_blocked(spec: AgentPipelineSpec, steps: Mapping[str, StepStatus]) -> li
 def compose_prompt(step: PipelineStep, inputs: Mapping[str, str], outputs: Mapping[str, str]) -> str:
     """The task prompt: ``inputs.prompt`` first, then every other input as ``name: value`` lines.
 
-    Raises :class:`policies.templates.TemplateError` or :class:`EmptyPromptError`, whose
+    Raises :class:`contracts.templates.TemplateError` or :class:`EmptyPromptError`, whose
     messages name the input, so the step's status says what went wrong.
     """
     if not step.inputs:

@@ -27,11 +27,11 @@ import kopf
 from kubernetes import client, config
 from redis.asyncio import Redis
 
+from contracts.resources import GROUP, LABEL_AGENT, LABEL_MANAGED_BY, VERSION
 from controller import agents, pipelines
 from controller.context import AgentInfo, Context, ControllerConfig
 from controller.kube import Kube
 from controller.render import CONTROLLER_NAME
-from policies.models import GROUP, LABEL_AGENT, LABEL_MANAGED_BY, VERSION
 
 logger = logging.getLogger("controller")
 

@@ -18,8 +18,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from contracts.resources import GROUP, VERSION
 from controller.render import FIELD_MANAGER
-from policies.models import GROUP, VERSION
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"

@@ -37,20 +37,19 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from controller import dag, render
-from controller.context import Context
-from policies import templates
-from policies.models import AgentPipelineSpec, AgentPipelineStatus, Condition, PipelineStep
-from policies.tasks import (
-    CONSUMER_GROUP,
-    STREAM_PREFIX,
-    Result,
-    Task,
+from contracts import templates
+from contracts.keys import (
+    pipeline_entries_key,
     pipeline_output_key,
     pipeline_results_stream,
     pipeline_step_output_key,
+    pipeline_submitted_key,
     task_stream,
 )
+from contracts.resources import AgentPipelineSpec, AgentPipelineStatus, Condition, PipelineStep
+from contracts.streams import CONSUMER_GROUP, Result, Task
+from controller import dag, render
+from controller.context import Context
 
 logger = logging.getLogger("controller.pipelines")
 
@@ -100,21 +99,13 @@ return 0
 """
 
 
-def submitted_key(namespace: str, pipeline: str) -> str:
-    return f"{STREAM_PREFIX}:{namespace}:pipeline:{pipeline}:submitted"
-
-
-def entries_key(namespace: str, pipeline: str) -> str:
-    return f"{STREAM_PREFIX}:{namespace}:pipeline:{pipeline}:entries"
-
-
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def withdraw(redis: Redis, namespace: str, pipeline: str, task_id: str) -> bool:
     """Remove a submitted task from its agent's stream if no worker has taken it yet."""
-    ref = await redis.hget(entries_key(namespace, pipeline), task_id)
+    ref = await redis.hget(pipeline_entries_key(namespace, pipeline), task_id)
     if ref is None:
         return False
     stream, entry_id = _s(ref).rsplit("|", 1)
@@ -124,14 +115,14 @@ async def withdraw(redis: Redis, namespace: str, pipeline: str, task_id: str) ->
 
 async def withdraw_all(redis: Redis, namespace: str, pipeline: str, steps: list[str]) -> int:
     """On deletion: withdraw every queued task of the pipeline and drop its Redis state."""
-    entries = await redis.hgetall(entries_key(namespace, pipeline))
+    entries = await redis.hgetall(pipeline_entries_key(namespace, pipeline))
     withdrawn = 0
     for task_id in entries:
         if await withdraw(redis, namespace, pipeline, _s(task_id)):
             withdrawn += 1
     keys = [
-        submitted_key(namespace, pipeline),
-        entries_key(namespace, pipeline),
+        pipeline_submitted_key(namespace, pipeline),
+        pipeline_entries_key(namespace, pipeline),
         pipeline_results_stream(namespace, pipeline),
         pipeline_output_key(namespace, pipeline),
         *(pipeline_step_output_key(namespace, pipeline, s) for s in steps),
@@ -343,9 +334,9 @@ class PipelineRunner:
         for key, value in fields.items():
             args.extend((key, value))
         keys = [
-            submitted_key(self.namespace, self.name),
+            pipeline_submitted_key(self.namespace, self.name),
             task_stream(self.namespace, step.agent_deployment),
-            entries_key(self.namespace, self.name),
+            pipeline_entries_key(self.namespace, self.name),
         ]
         self._outbox.append((keys, args))
         state.phase = "Running"

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from contracts.resources import AgentPolicy, Budget, ClusterAgentPolicy
 from policies._effective import EffectivePolicy, PolicyIndex
-from policies.models import AgentPolicy, Budget, ClusterAgentPolicy
 
 _LIMIT_FIELDS = {
     "maxTokensPerCall": "max_tokens_per_call",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from policies.models import (
+from contracts.resources import (
     API_VERSION,
     LABEL_AGENT,
     LABEL_MANAGED_BY,
@@ -30,7 +30,7 @@ from policies.models import (
     Provider,
     SecretKeyRef,
 )
-from policies.runtime_config import (
+from contracts.runtime_env import (
     API_KEY_ENV,
     DEFAULT_HTTP_PORT,
     DEFAULT_PROMPT_FILE,

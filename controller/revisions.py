@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from policies.models import (
+from contracts.resources import (
     CHANGE_REASON,
     LABEL_AGENT,
     PROMPT_CHANGED_AT,

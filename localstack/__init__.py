@@ -5,7 +5,7 @@ Kubernetes modules, and :mod:`localstack.controlplane` which starts its control 
 node (containerd, runc, CNI, kubelet, kube-proxy and cluster DNS inside network, mount and PID
 namespaces of its own), the images built here without a registry, a local Redis, the fast
 process mode (agent pods as local processes) and ``python -m localstack.crds``, which writes
-``deploy/crds`` from :mod:`policies.crd`.
+``deploy/crds`` from :mod:`contracts.crd`.
 
 Nothing here ships: the wheel, the image and the chart leave this package out.
 

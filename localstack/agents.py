@@ -54,8 +54,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from contracts.resources import GROUP, LABEL_AGENT, VERSION
 from localstack import _kube
-from policies.models import GROUP, LABEL_AGENT, VERSION
 
 logger = logging.getLogger("localstack.agents")
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import yaml
 
-from policies.crd import all_crds
+from contracts.crd import all_crds
 
 CRD_DIR = Path(__file__).resolve().parent.parent / "deploy" / "crds"
 #: Helm installs what is in a chart's crds/ before its templates; kept identical to CRD_DIR.
 CHART_CRD_DIR = CRD_DIR.parent / "chart" / "crds"
-HEADER = "# Generated from policies/models.py by `python -m localstack.crds`; do not edit by hand.\n"
+HEADER = "# Generated from contracts/resources.py by `python -m localstack.crds`; do not edit by hand.\n"
 
 
 def render(crd: dict[str, Any]) -> str:

@@ -1,9 +1,9 @@
-"""The pure policy layer: the shared resource model, admission rules, templates, prices.
+"""The admission policy engine: the rules a platform team's policies impose, and nothing else.
 
-Owns: the one model of every agentops resource (:mod:`policies.models`), the CRDs generated
-from it (:mod:`policies.crd`), the task protocol and the runtime's configuration contract,
-the price table, pipeline templates and the admission policy engine.
+Owns: merging ClusterAgentPolicies and AgentPolicies into the effective policy for an object,
+the rules each kind must pass (limits, ceilings, models, prompts, pipelines, policies
+themselves), the defaults mutation fills in, the prompt audit stamps, and the sorting of
+findings into deny, warn and audit by mode and ratchet.
 
-May import: nothing of ours.  No I/O: no network, no files, no clocks the caller cannot pass in.
-Every other package builds on this one.
+May import: :mod:`contracts`.  No I/O: no network, no files, no clocks the caller cannot pass in.
 """

@@ -32,8 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from policies._selectors import CompiledSelector, compile_selector
-from policies.models import (
+from contracts.resources import (
     AgentPolicy,
     Budget,
     BudgetPeriod,
@@ -43,6 +42,7 @@ from policies.models import (
     PolicyMode,
     PolicySpec,
 )
+from policies._selectors import CompiledSelector, compile_selector
 
 #: Most severe first; the order in which bounds are checked.
 MODES: tuple[PolicyMode, ...] = ("Enforce", "Warn", "Audit")

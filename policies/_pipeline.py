@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from policies import templates
-from policies.models import AgentPipelineSpec
+from contracts import templates
+from contracts.resources import AgentPipelineSpec
 
 
 def pipeline_problems(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from policies.models import LabelSelector
+from contracts.resources import LabelSelector
 
 
 @dataclass(frozen=True, slots=True)

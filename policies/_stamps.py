@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
-from policies.models import (
+from contracts.resources import (
     PROMPT_CHANGED_AT,
     PROMPT_CHANGED_BY,
     PROMPT_CHANGED_BY_GROUPS,

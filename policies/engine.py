@@ -41,20 +41,7 @@ from typing import Any, NamedTuple
 from jsonpointer import escape
 from pydantic import ValidationError
 
-from policies._effective import (
-    LIMIT_NAMES,
-    AllowList,
-    Bound,
-    EffectiveBudget,
-    EffectivePolicy,
-    PolicyEntry,
-    PolicyIndex,
-    PolicyRef,
-)
-from policies._pipeline import pipeline_problems
-from policies._selectors import selector_problems
-from policies._stamps import expected_stamps, is_mapping, prompt_changed
-from policies.models import (
+from contracts.resources import (
     CHANGE_REASON,
     POLICY_VIOLATIONS,
     STAMPED_ANNOTATIONS,
@@ -69,6 +56,19 @@ from policies.models import (
     Resource,
     prompt_sha256,
 )
+from policies._effective import (
+    LIMIT_NAMES,
+    AllowList,
+    Bound,
+    EffectiveBudget,
+    EffectivePolicy,
+    PolicyEntry,
+    PolicyIndex,
+    PolicyRef,
+)
+from policies._pipeline import pipeline_problems
+from policies._selectors import selector_problems
+from policies._stamps import expected_stamps, is_mapping, prompt_changed
 
 __all__ = [
     "AdmissionRequest",

@@ -40,9 +40,9 @@ from typing import Any, Literal, Protocol
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from contracts.resources import LabelSelector
 from policies.admission import MalformedReview, parse_admission_review, review_response
 from policies.engine import AdmissionRequest, Decision, PolicySet, mutate, validate
-from policies.models import LabelSelector
 from webhook.cache import PolicySource, Snapshot
 from webhook.metrics import WebhookMetrics
 

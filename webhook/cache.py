@@ -38,8 +38,8 @@ from typing import Any, Protocol
 import httpx
 import pydantic
 
+from contracts.resources import GROUP, VERSION, AgentPolicy, ClusterAgentPolicy
 from policies.engine import PolicySet
-from policies.models import GROUP, VERSION, AgentPolicy, ClusterAgentPolicy
 
 log = logging.getLogger(__name__)
 

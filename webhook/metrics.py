@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from policies.models import RESOURCE_BY_PLURAL
+from contracts.resources import RESOURCE_BY_PLURAL
 
 _KNOWN_RESOURCES = frozenset(RESOURCE_BY_PLURAL) | {"agentdeployments/scale"}
 _KNOWN_OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies.models import GROUP, RESOURCE_BY_PLURAL, VERSION, Resource
+from contracts.resources import GROUP, RESOURCE_BY_PLURAL, VERSION, Resource
 
 log = logging.getLogger(__name__)
 

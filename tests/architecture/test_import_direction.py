@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = {"policies", "certs", "webhook", "controller", "agent_runtime", "agentops", "localstack"}
+OURS = {"contracts", "kube", "policies", "certs", "webhook", "controller", "agent_runtime", "agentops", "localstack"}
 ALLOWED: dict[str, set[str]] = {
-    "policies": set(),
-    "certs": {"policies"},
-    "webhook": {"policies", "certs"},
-    "controller": {"policies"},
-    "agent_runtime": {"policies"},
+    "contracts": set(),
+    "kube": set(),
+    "policies": {"contracts"},
+    "certs": {"kube"},
+    "webhook": {"contracts", "kube", "policies", "certs"},
+    "controller": {"contracts", "kube", "policies"},
+    "agent_runtime": {"contracts"},
     "agentops": OURS - {"localstack"},
     "localstack": OURS,
 }

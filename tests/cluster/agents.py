@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from policies.models import API_VERSION, LABEL_AGENT
+from contracts.resources import API_VERSION, LABEL_AGENT
 from tests.support.kubectl import Kubectl
 from tests.support.waiting import eventually
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
+from contracts.resources import API_VERSION
 from localstack.cluster import SYSTEM_NAMESPACE, NodeCluster
 from localstack.helm import ensure_helm
-from policies.models import API_VERSION
 from tests.cluster.agents import agent, agent_pods, apply, condition, ready_replicas, status, waiting
 from tests.cluster.conftest import redis_cli
 from tests.cluster.own_node import CHART, CHART_LOCAL_VALUES, helm, own_node

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from contracts.resources import API_VERSION, LABEL_AGENT
 from localstack.cluster import SYSTEM_NAMESPACE
-from policies.models import API_VERSION, LABEL_AGENT
 from tests.cluster import fake_model
 from tests.cluster.streams import (
     entries,

@@ -25,9 +25,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from contracts.runtime_env import API_KEY_ENV
 from localstack.cluster import SYSTEM_NAMESPACE, NodeCluster
 from localstack.images import PRODUCT_IMAGE
-from policies.runtime_config import API_KEY_ENV
 from tests.cluster.agents import (
     agent,
     agent_pods,
@@ -390,7 +390,7 @@ def test_the_api_key_comes_only_from_its_secret_and_is_never_logged(
             },
         ),
     )
-    # The spec has no provider endpoint; the runtime's own AGENTOPS_BASE_URL (policies/runtime_config)
+    # The spec has no provider endpoint; the runtime's own AGENTOPS_BASE_URL (contracts/runtime_env)
     # points the pods at the fake.  Added by a field manager of its own, which the controller's
     # server-side apply leaves alone.
     eventually(

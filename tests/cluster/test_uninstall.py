@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
+from contracts.resources import LABEL_AGENT
 from localstack.cluster import SYSTEM_NAMESPACE, NodeCluster
 from localstack.crds import CRD_DIR
 from localstack.helm import ensure_helm
-from policies.models import LABEL_AGENT
 from tests.cluster.agents import agent, agent_pods, apply, run_the_article
 from tests.cluster.own_node import CHART, CHART_LOCAL_VALUES, OVERLAY, helm, own_node
 from tests.support.kubectl import Kubectl

@@ -16,8 +16,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from controller.revisions import prompt_sha256
-from policies.models import (
+from contracts.resources import (
     CHANGE_REASON,
     LABEL_AGENT,
     PROMPT_CHANGED_AT,
@@ -27,6 +26,7 @@ from policies.models import (
     PROMPT_PREVIOUS_SHA256,
     PROMPT_SHA256,
 )
+from controller.revisions import prompt_sha256
 from tests.controller.conftest import ControllerProcess, wait_for
 from tests.support.kubectl import Kubectl
 from tests.support.seed import SEED_AGENT

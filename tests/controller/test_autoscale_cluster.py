@@ -12,7 +12,7 @@ import redis
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from policies.tasks import task_stream
+from contracts.keys import task_stream
 from tests.controller.conftest import ControllerProcess, wait_for
 from tests.support.kubectl import Kubectl
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from contracts.resources import Autoscaling
 from controller.autoscale import QueueDepth, ScaleMemory, desired_replicas, next_replicas
-from policies.models import Autoscaling
 
 SPEC = Autoscaling(min_replicas=1, max_replicas=8, target_pending_per_replica=5, cooldown_seconds=30)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from contracts.resources import Budget, Usage
 from controller.budget import exceeded, smallest_call_tokens
-from policies.models import Budget, Usage
 
 
 def test_exceeded_once_not_even_the_smallest_call_fits() -> None:

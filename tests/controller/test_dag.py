@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from contracts.resources import AgentPipelineSpec, StepStatus
+from contracts.templates import TemplateError
 from controller import dag
-from policies.models import AgentPipelineSpec, StepStatus
-from policies.templates import TemplateError
 
 
 def spec(*steps: dict[str, Any], fail_fast: bool = True) -> AgentPipelineSpec:
@@ -64,7 +64,7 @@ def test_task_ids_are_deterministic() -> None:
 
 def test_prompt_from_templates_and_empty_values_are_reported() -> None:
     s = step("c", "a", prompt="Summarize: {{ .steps.a.output }}")
-    from policies.models import PipelineStep
+    from contracts.resources import PipelineStep
 
     model = PipelineStep.model_validate({**s, "inputs": {"prompt": s["inputs"]["prompt"], "style": "short"}})
     assert dag.compose_prompt(model, {}, {"a": "facts"}) == "Summarize: facts\n\nstyle: short"

@@ -18,8 +18,8 @@ from typing import Any
 import redis
 from kubernetes import client
 
+from contracts.keys import pipeline_results_stream, task_stream
 from localstack.agents import run_local_agents
-from policies.tasks import pipeline_results_stream, task_stream
 from tests.controller.conftest import ControllerProcess, wait_for
 from tests.support.kubectl import Kubectl
 from tests.support.seed import SEED_AGENT, SEED_PIPELINE

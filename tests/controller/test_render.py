@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from contracts.resources import AgentDeployment, Budget, SecretKeyRef
+from contracts.runtime_env import API_KEY_ENV, DEFAULT_PROMPT_FILE, RuntimeConfig
 from controller import render
-from policies.models import AgentDeployment, Budget, SecretKeyRef
-from policies.runtime_config import API_KEY_ENV, DEFAULT_PROMPT_FILE, RuntimeConfig
 
 
 def agent(**spec: Any) -> AgentDeployment:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.revisions import build_revision
-from policies.models import (
+from contracts.resources import (
     CHANGE_REASON,
     PROMPT_CHANGED_AT,
     PROMPT_CHANGED_BY,
@@ -15,6 +14,7 @@ from policies.models import (
     AgentDeployment,
     prompt_sha256,
 )
+from controller.revisions import build_revision
 
 OWNER: dict[str, Any] = {"apiVersion": "v", "kind": "AgentDeployment", "name": "a", "uid": "u"}
 

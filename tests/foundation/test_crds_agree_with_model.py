@@ -2,7 +2,7 @@
 
 1. ``deploy/crds/*.yaml`` is exactly what ``python -m localstack.crds`` writes (no hand edits, no drift).
 2. Every sample and a set of generated objects round-trip: what the API server stores (after
-   its own schema defaulting) is what :mod:`policies.models` produces for the same input, and
+   its own schema defaulting) is what :mod:`contracts.resources` produces for the same input, and
    the model reads the stored object back unchanged.  A field the model has and the CRD
    lacks would be pruned by the server; a default set on one side only would differ.
 """
@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 
+from contracts import resources as models
 from localstack._kube import request
 from localstack.crds import CRD_DIR, crd_files
-from policies import models
 from tests.support.seed import SEED_AGENT, SEED_PIPELINE
 
 SAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "samples"

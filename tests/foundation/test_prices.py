@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies.prices import DEFAULT_PRICES, FREE, Price, PriceTable
+from contracts.prices import DEFAULT_PRICES, FREE, Price, PriceTable
 
 
 def test_cost_per_million_tokens() -> None:

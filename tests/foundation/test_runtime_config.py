@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies.runtime_config import API_KEY_ENV, DEFAULT_PROMPT_FILE, ConfigError, RuntimeConfig
+from contracts.runtime_env import API_KEY_ENV, DEFAULT_PROMPT_FILE, ConfigError, RuntimeConfig
 
 
 def _config(**overrides: object) -> RuntimeConfig:

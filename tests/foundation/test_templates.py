@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.templates import Reference, TemplateError, parse, render
+from contracts.templates import Reference, TemplateError, parse, render
 
 
 def test_seed_templates_parse_and_render() -> None:

@@ -30,7 +30,7 @@ from localstack._process import PidFile, StartError
 pytestmark = pytest.mark.timeout(1800)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ("policies", "certs", "webhook", "controller", "agent_runtime", "agentops")
+SHIPPED = ("contracts", "kube", "policies", "certs", "webhook", "controller", "agent_runtime", "agentops")
 
 
 def _progress(message: str) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import jsonpatch
 
+from contracts.resources import AgentPolicy, ClusterAgentPolicy
 from policies.engine import AdmissionRequest, Decision, PolicySet, UserInfo, mutate, validate
-from policies.models import AgentPolicy, ClusterAgentPolicy
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 NOW_TEXT = "2026-01-02T03:04:05Z"

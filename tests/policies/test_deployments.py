@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from contracts.resources import POLICY_VIOLATIONS
 from policies.engine import RATCHET_NOTE, PolicySet, validate
-from policies.models import POLICY_VIOLATIONS
 from tests.policies.builders import (
     NAMESPACE,
     admit,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from contracts.resources import LabelSelector
 from policies._selectors import compile_selector
 from policies.engine import Bound, PolicySet, effective_policy
-from policies.models import LabelSelector
 from tests.policies.builders import NAMESPACE, agent_policy, cluster_policy, policies
 
 

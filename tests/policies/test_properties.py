@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contracts.resources import AgentPolicy, ClusterAgentPolicy
 from policies.engine import AdmissionRequest, PolicySet, mutate, validate
-from policies.models import AgentPolicy, ClusterAgentPolicy
 from tests.policies.builders import ALICE, NAMESPACE, NOW, admit, apply, request
 
 LIMIT_NAMES = ("maxTokensPerCall", "maxConcurrentTasks", "timeoutSeconds")

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from policies.engine import PolicySet, UserInfo, mutate, validate
-from policies.models import (
+from contracts.resources import (
     CHANGE_REASON,
     POLICY_VIOLATIONS,
     PROMPT_CHANGED_AT,
@@ -20,6 +19,7 @@ from policies.models import (
     PROMPT_PREVIOUS_SHA256,
     PROMPT_SHA256,
 )
+from policies.engine import PolicySet, UserInfo, mutate, validate
 from tests.policies.builders import (
     BOB,
     NOW,

@@ -23,9 +23,10 @@ import redis.asyncio as aioredis
 
 from agent_runtime.settings import Settings
 from agent_runtime.worker import Worker
-from policies.prices import PriceTable
-from policies.runtime_config import RuntimeConfig
-from policies.tasks import Result, Task, client_results_stream, task_stream
+from contracts.keys import client_results_stream, task_stream
+from contracts.prices import PriceTable
+from contracts.runtime_env import RuntimeConfig
+from contracts.streams import Result, Task
 from tests.runtime.fake_llm import FakeLLM, FakeLLMServer
 
 REPO = Path(__file__).resolve().parents[2]

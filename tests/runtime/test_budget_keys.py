@@ -1,4 +1,4 @@
-"""The pure budget naming shared with the controller (``policies.tasks``)."""
+"""The pure budget naming shared with the controller (``contracts.keys`` and ``contracts.budgets``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from policies.tasks import budget_key, budget_period_end, budget_period_id, done_key, reservation_tokens
+from contracts.budgets import budget_period_end, budget_period_id, reservation_tokens
+from contracts.keys import budget_key, done_key
 
 
 def at(text: str) -> float:

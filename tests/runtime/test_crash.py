@@ -23,7 +23,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from agent_runtime.settings import Settings
-from policies.tasks import CONSUMER_GROUP, Result, client_results_stream, task_stream
+from contracts.keys import client_results_stream, task_stream
+from contracts.streams import CONSUMER_GROUP, Result
 from tests.runtime.conftest import entries, eventually, make_settings, spawn_worker, submit
 from tests.runtime.fake_llm import FakeLLM
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from policies.tasks import budget_key, client_results_stream, task_stream
+from contracts.keys import budget_key, client_results_stream, task_stream
 from tests.runtime.conftest import entries, eventually, make_settings, results, running, submit
 from tests.runtime.fake_llm import PROBE_PROMPT, FakeLLM
 

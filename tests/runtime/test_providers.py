@@ -19,7 +19,7 @@ from agent_runtime.providers import (
     complete_with_retries,
 )
 from agent_runtime.settings import Settings
-from policies.runtime_config import ConfigError
+from contracts.runtime_env import ConfigError
 from tests.runtime.conftest import REPO, make_settings, results, running, submit
 from tests.runtime.fake_llm import FakeLLM
 

@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentops import cli
-from policies.tasks import task_stream
+from contracts.keys import task_stream
 from tests.runtime.conftest import entries, make_settings, running
 
 

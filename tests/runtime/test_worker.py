@@ -19,17 +19,10 @@ import redis.asyncio as aioredis
 from redis.typing import StreamIdT
 
 from agent_runtime.worker import Worker
+from contracts.keys import budget_key, client_results_stream, dead_letter_stream, task_stream
+from contracts.prices import PriceTable
+from contracts.streams import CONSUMER_GROUP, MAX_PROMPT_BYTES, Result
 from localstack.redis_server import RedisServer
-from policies.prices import PriceTable
-from policies.tasks import (
-    CONSUMER_GROUP,
-    MAX_PROMPT_BYTES,
-    Result,
-    budget_key,
-    client_results_stream,
-    dead_letter_stream,
-    task_stream,
-)
 from tests.runtime.conftest import (
     API_KEY,
     SYSTEM_PROMPT,

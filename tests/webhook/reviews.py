@@ -9,7 +9,7 @@ from typing import Any
 
 import jsonpatch
 
-from policies.models import API_VERSION, ClusterAgentPolicy
+from contracts.resources import API_VERSION, ClusterAgentPolicy
 
 GROUP_VERSION = {"group": "agentops.agentops.io", "version": "v1alpha1"}
 

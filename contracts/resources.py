@@ -3,7 +3,7 @@
 Every component reads and writes AgentDeployments, AgentPipelines, policies and
 prompt revisions through these classes; nothing else in the project redefines
 their fields.  The CRDs in ``deploy/crds/`` are generated from these classes
-(see :mod:`policies.crd`), so the API server's validation and ours never drift.
+(see :mod:`contracts.crd`), so the API server's validation and ours never drift.
 
 Field names are the Kubernetes (camelCase) names as aliases; Python code uses
 snake_case.  Dump with ``model.to_k8s()`` to get what the API server stores.

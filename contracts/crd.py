@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from policies import models
-from policies.models import GROUP, VERSION, Resource
+from contracts import resources as models
+from contracts.resources import GROUP, VERSION, Resource
 
 _DROP_KEYS = frozenset({"title", "$defs", "additionalProperties"})
 

@@ -14,7 +14,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from policies.models import BudgetPeriod, BudgetScope, ProbeType, Provider
+from contracts.resources import BudgetPeriod, BudgetScope, ProbeType, Provider
 
 ENV_PREFIX = "AGENTOPS_"
 API_KEY_ENV = "AGENTOPS_API_KEY"
