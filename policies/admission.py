@@ -98,13 +98,24 @@ def review_response(uid: str, decision: Decision) -> dict[str, Any]:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(list(decision.patch)).encode()).decode()
     if not decision.allowed:
-        response["status"] = {
-            "code": 403,
-            "reason": "Forbidden",
-            "message": decision.message() or "denied by agentops policy",
-        }
+        response["status"] = _status(403, decision.message() or "denied by agentops policy")
     if decision.audit:
         response["auditAnnotations"] = {AUDIT_ANNOTATION: json.dumps(list(decision.audit))}
+    return _envelope(response)
+
+
+def error_response(uid: str, message: str, code: int = 500) -> dict[str, Any]:
+    """A denial for a request that could not be decided (an internal error, an object not yet
+    cached): the webhook fails closed, and ``code`` tells the user whether retrying can help."""
+    return _envelope({"uid": uid, "allowed": False, "status": _status(code, message)})
+
+
+def _status(code: int, message: str) -> dict[str, Any]:
+    reason = {403: "Forbidden", 503: "ServiceUnavailable"}.get(code, "InternalError")
+    return {"code": code, "reason": reason, "message": message}
+
+
+def _envelope(response: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
 
 

@@ -41,7 +41,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.resources import LabelSelector
-from policies.admission import MalformedReview, parse_admission_review, review_response
+from policies.admission import MalformedReview, error_response, parse_admission_review, review_response
 from policies.engine import AdmissionRequest, Decision, PolicySet, mutate, validate
 from webhook.cache import PolicySource, Snapshot
 from webhook.metrics import WebhookMetrics
@@ -138,14 +138,6 @@ def _uid_of(payload: Any) -> str | None:
     except (KeyError, TypeError):
         return None
     return uid if isinstance(uid, str) and uid else None
-
-
-def _deny(uid: str, message: str, code: int = 500) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "response": {"uid": uid, "allowed": False, "status": {"code": code, "message": message}},
-    }
 
 
 class NotCachedYet(Exception):
@@ -264,7 +256,7 @@ def create_app(
                 uid = None
             if uid is None:
                 return _bad_request("AdmissionReview could not be handled and has no request.uid")
-            return _json(200, _deny(uid, "agentops webhook: internal error; denied"))
+            return _json(200, error_response(uid, "agentops webhook: internal error; denied"))
 
     def handle(endpoint: Endpoint, body: bytes, started: float) -> Answer:
         try:
@@ -289,13 +281,13 @@ def create_app(
             if uid is None:
                 return _bad_request("AdmissionReview could not be parsed and has no request.uid")
             return _json(
-                200, _deny(uid, "agentops webhook: internal error while reading the request; denied")
+                200, error_response(uid, "agentops webhook: internal error while reading the request; denied")
             )
         try:
             if not source.synced:
                 metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
                 message = "agentops webhook: policy cache not synced yet; denied until it is, retry shortly"
-                return _json(200, _deny(review.uid, message, code=503))
+                return _json(200, error_response(review.uid, message, code=503))
             snapshot = source.snapshot()
             policies = snapshot.policies_for(review.kind)
             decision = _DECIDE[endpoint](complete_request(review, snapshot), policies)
@@ -310,7 +302,7 @@ def create_app(
                 f"agentops webhook: {missing} is not in the webhook's watch cache yet (created a moment ago?)"
                 " and matching policies select on its labels; retry the request"
             )
-            return _json(200, _deny(review.uid, message, code=503))
+            return _json(200, error_response(review.uid, message, code=503))
         except Exception as exc:
             log.error(
                 "admission failed; denying",
@@ -323,7 +315,8 @@ def create_app(
                 },
             )
             metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
-            return _json(200, _deny(review.uid, "agentops webhook: internal error while deciding; denied"))
+            message = "agentops webhook: internal error while deciding; denied"
+            return _json(200, error_response(review.uid, message))
         label = _decision_label(decision)
         metrics.observe(endpoint, resource, operation, label, time.perf_counter() - started)
         if label != "allowed" or decision.audit:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = {"contracts", "kube", "policies", "certs", "webhook", "controller", "agent_runtime", "agentops", "localstack"}
+OURS = {
+    "contracts", "kube", "policies", "certs", "webhook", "controller", "agent_runtime", "agentops", "localstack"
+}  # fmt: skip
 ALLOWED: dict[str, set[str]] = {
     "contracts": set(),
     "kube": set(),

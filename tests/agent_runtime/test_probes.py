@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts.keys import budget_key, client_results_stream, task_stream
-from tests.runtime.conftest import entries, eventually, make_settings, results, running, submit
-from tests.runtime.fake_llm import PROBE_PROMPT, FakeLLM
+from tests.agent_runtime.conftest import entries, eventually, make_settings, results, running, submit
+from tests.agent_runtime.fake_llm import PROBE_PROMPT, FakeLLM
 
 
 def semantic(redis_url: str, ns: str, llm: FakeLLM, **overrides: Any) -> dict[str, Any]:

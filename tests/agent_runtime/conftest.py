@@ -27,7 +27,7 @@ from contracts.keys import client_results_stream, task_stream
 from contracts.prices import PriceTable
 from contracts.runtime_env import RuntimeConfig
 from contracts.streams import Result, Task
-from tests.runtime.fake_llm import FakeLLM, FakeLLMServer
+from tests.agent_runtime.fake_llm import FakeLLM, FakeLLMServer
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "sk-test-secret-key-0123456789"

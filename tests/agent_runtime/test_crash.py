@@ -25,8 +25,8 @@ import redis.asyncio as aioredis
 from agent_runtime.settings import Settings
 from contracts.keys import client_results_stream, task_stream
 from contracts.streams import CONSUMER_GROUP, Result
-from tests.runtime.conftest import entries, eventually, make_settings, spawn_worker, submit
-from tests.runtime.fake_llm import FakeLLM
+from tests.agent_runtime.conftest import entries, eventually, make_settings, spawn_worker, submit
+from tests.agent_runtime.fake_llm import FakeLLM
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from contracts.keys import budget_key, client_results_stream, dead_letter_stream
 from contracts.prices import PriceTable
 from contracts.streams import CONSUMER_GROUP, MAX_PROMPT_BYTES, Result
 from localstack.redis_server import RedisServer
-from tests.runtime.conftest import (
+from tests.agent_runtime.conftest import (
     API_KEY,
     SYSTEM_PROMPT,
     entries,
@@ -34,7 +34,7 @@ from tests.runtime.conftest import (
     running,
     submit,
 )
-from tests.runtime.fake_llm import FakeLLM
+from tests.agent_runtime.fake_llm import FakeLLM
 
 
 async def test_success_reports_usage_cost_and_metrics(

@@ -1,0 +1,1 @@
+"""Tests of :mod:`contracts`: the model against the real API server's CRDs, keys, prices, templates."""
