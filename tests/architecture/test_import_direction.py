@@ -9,8 +9,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = {
-    "contracts", "kube", "policies", "certs", "webhook", "controller", "agent_runtime", "agentops", "localstack"
-}  # fmt: skip
+    "contracts",
+    "kube",
+    "policies",
+    "certs",
+    "webhook",
+    "controller",
+    "agent_runtime",
+    "agentops",
+    "localstack",
+}
 ALLOWED: dict[str, set[str]] = {
     "contracts": set(),
     "kube": set(),
