@@ -2,7 +2,7 @@
 #
 #   make up            start the local stack in the background (control plane, Redis, samples)
 #   make down          stop it
-#   make test          lint, type-check and run the whole test suite (what CI runs)
+#   make test          lint (ruff, import contracts), type-check and run the whole test suite (what CI runs)
 #   make cluster-up    a cluster with a real node (containerd, kubelet), the product installed
 #                      with `kubectl apply -k`, and the samples applied
 #   make cluster-down  stop it
@@ -86,9 +86,12 @@ cluster-down: venv
 cluster-status: venv
 	$(PY) -m localstack.cluster status
 
+# The import contracts are in pyproject.toml ([tool.importlinter]); the graph takes a fraction of a
+# second to build, so no cache directory is kept.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: venv
 	$(VENV)/bin/mypy

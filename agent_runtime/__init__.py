@@ -3,5 +3,6 @@
 Owns: task consumption within ``maxConcurrentTasks``, providers (Anthropic, OpenAI-compatible,
 offline), deadlines and retries, atomic budgets, semantic probes, health endpoints and metrics.
 
-May import: :mod:`policies` only (shared models, task protocol, runtime config, prices).
+May import: :mod:`contracts` only (the task and result messages, Redis keys, budgets, the runtime
+environment, prices, the log line).  Never the policy engine, the webhook or the controller.
 """

@@ -11,9 +11,9 @@ import logging
 import signal
 import sys
 
-from agent_runtime import logs
 from agent_runtime.settings import Settings
 from agent_runtime.worker import Worker
+from contracts import logline
 from contracts.runtime_env import ConfigError
 
 log = logging.getLogger("agent_runtime")
@@ -27,12 +27,17 @@ async def _run(settings: Settings) -> None:
     await worker.run()
 
 
+#: httpx logs every request line at INFO; uvicorn's access log would duplicate /metrics scrapes.
+QUIET = ("httpx", "httpx2", "httpcore", "anthropic", "uvicorn.access")
+
+
 def main() -> int:
-    logs.configure()
+    logline.configure(quiet=QUIET)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print(f"agent_runtime: {exc}", file=sys.stderr)
+        # A log line like every other, so the pod's log stays one format.
+        log.error("environment incomplete; exiting: %s", exc)
         return 2
     try:
         asyncio.run(_run(settings))

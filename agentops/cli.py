@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from agentops import history_cmd, pipeline_cmd, policy_cmd, stack_cmd, task_cmd
+from kube.config import ConfigError
 
 COMMAND_MODULES = (policy_cmd, task_cmd, history_cmd, pipeline_cmd, stack_cmd)
 
@@ -29,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:  # no cluster given: the message says how to give one
+        print(f"agentops {args.command}: {exc}", file=sys.stderr)
+        return 2
     return status
 
 

@@ -11,50 +11,21 @@ any other change.  ``--to`` takes a revision number (``3`` or ``r3``) or a revis
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
-import json
 import sys
 from typing import Any
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-
+import kube
+from agentops.cluster import add_cluster_options, api_and_namespace
 from contracts.resources import CHANGE_REASON, GROUP, LABEL_AGENT, VERSION
 
-
-def add_cluster_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+OURS = f"{GROUP}/{VERSION}"
 
 
-def api_and_namespace(args: argparse.Namespace) -> tuple[client.ApiClient, str]:
-    """An API client and the namespace to use, like kubectl picks them."""
-    try:
-        api: client.ApiClient = config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        api = client.ApiClient()
-    namespace = args.namespace
-    if not namespace:
-        try:
-            _, active = config.list_kube_config_contexts(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
-            namespace = (active or {}).get("context", {}).get("namespace") or "default"
-        except config.ConfigException:
-            namespace = "default"
-    return api, str(namespace)
-
-
-def list_revisions(api: client.ApiClient, namespace: str, agent: str) -> list[dict[str, Any]]:
-    resp: Any = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        "agentpromptrevisions",
-        label_selector=f"{LABEL_AGENT}={agent}",
-        _preload_content=False,
+def list_revisions(api: kube.Client, namespace: str, agent: str) -> list[dict[str, Any]]:
+    items = api.list_items(
+        kube.path(OURS, "agentpromptrevisions", namespace=namespace), label_selector=f"{LABEL_AGENT}={agent}"
     )
-    items: list[dict[str, Any]] = json.loads(resp.data).get("items", [])
     return sorted((i for i in items if i["spec"]["agent"] == agent), key=lambda i: int(i["spec"]["revision"]))
 
 
@@ -121,22 +92,10 @@ def _rollback(args: argparse.Namespace) -> int:
         "spec": {"systemPrompt": target["spec"]["prompt"]},
     }
     try:
-        client.CustomObjectsApi(api).patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            "agentdeployments",
-            args.agent,
-            patch,
-            _content_type="application/merge-patch+json",
-            _preload_content=False,
-        )
-    except ApiException as exc:
-        # A webhook denial carries the policy's own message in the body.
-        detail: Any = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body)
-        with contextlib.suppress(TypeError, ValueError):
-            detail = json.loads(detail).get("message", detail)
-        print(f"rollback of {args.agent!r} refused: {exc.status} {detail}", file=sys.stderr)
+        api.merge_patch(kube.path(OURS, "agentdeployments", args.agent, namespace=namespace), patch)
+    except kube.ApiError as exc:
+        # A webhook denial carries the policy's own message.
+        print(f"rollback of {args.agent!r} refused: {exc.explanation}", file=sys.stderr)
         return 1
     print(f"agent {args.agent!r} now runs the prompt of r{number} (sha256:{target['spec']['sha256'][:12]})")
     return 0

@@ -13,19 +13,19 @@ or ``$AGENTOPS_REDIS_URL``).  Without Redis it falls back to status and says it 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from datetime import datetime
 from typing import Any, TextIO
 
 import redis
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
 
-from agentops.history_cmd import add_cluster_options, api_and_namespace
+import kube
+from agentops.cluster import add_cluster_options, api_and_namespace
 from contracts.keys import pipeline_output_key, pipeline_step_output_key
 from contracts.resources import GROUP, VERSION
+
+PIPELINES = "agentpipelines"
 
 _SYMBOL = {"Pending": "·", "Waiting": "…", "Running": "▶", "Succeeded": "✔", "Failed": "✘", "Skipped": "-"}
 
@@ -61,21 +61,15 @@ def render_progress(pipeline: dict[str, Any], width: int = 30) -> str:
     return "\n".join(lines)
 
 
-def watch_pipeline(api: client.ApiClient, namespace: str, name: str, out: TextIO, redraw: bool) -> int:
-    custom = client.CustomObjectsApi(api)
+def watch_pipeline(api: kube.Client, namespace: str, name: str, out: TextIO, redraw: bool) -> int:
+    """Redraw on every change until the pipeline finishes (1 if the hour-long watch ends first)."""
     previous = ""
-    stream = watch.Watch()  # type: ignore[no-untyped-call]
-    try:
-        for event in stream.stream(  # type: ignore[no-untyped-call]
-            custom.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            "agentpipelines",
-            field_selector=f"metadata.name={name}",
-            timeout_seconds=3600,
-        ):
+    collection = kube.path(f"{GROUP}/{VERSION}", PIPELINES, namespace=namespace)
+    with api.watch(collection, field_selector=f"metadata.name={name}", timeout_seconds=3600) as stream:
+        for event in stream:
             obj = event["object"]
+            if event["type"] == "BOOKMARK":
+                continue
             if event["type"] == "DELETED":
                 out.write(f"pipeline {name!r} was deleted\n")
                 return 1
@@ -89,22 +83,14 @@ def watch_pipeline(api: client.ApiClient, namespace: str, name: str, out: TextIO
             phase = (obj.get("status") or {}).get("phase")
             if phase in ("Succeeded", "Failed"):
                 return 0 if phase == "Succeeded" else 1
-    finally:
-        stream.stop()  # type: ignore[no-untyped-call]
     return 1
 
 
 def _watch(args: argparse.Namespace) -> int:
     api, namespace = api_and_namespace(args)
-    try:
-        client.CustomObjectsApi(api).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "agentpipelines", args.name, _preload_content=False
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            print(f"no pipeline {args.name!r} in namespace {namespace}", file=sys.stderr)
-            return 1
-        raise
+    if api.get(kube.path(f"{GROUP}/{VERSION}", PIPELINES, args.name, namespace=namespace)) is None:
+        print(f"no pipeline {args.name!r} in namespace {namespace}", file=sys.stderr)
+        return 1
     return watch_pipeline(
         api, namespace, args.name, sys.stdout, redraw=sys.stdout.isatty() and not args.plain
     )
@@ -131,17 +117,16 @@ def _output(args: argparse.Namespace) -> int:
             sys.stdout.write(value.decode() if isinstance(value, bytes) else str(value))
             sys.stdout.write("\n")
             return 0
-    resp: Any
     try:
-        resp = client.CustomObjectsApi(api).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "agentpipelines", args.name, _preload_content=False
+        pipeline = api.request(
+            "GET", kube.path(f"{GROUP}/{VERSION}", PIPELINES, args.name, namespace=namespace)
         )
-    except ApiException as exc:
+    except kube.ApiError as exc:
         print(
             f"cannot read pipeline {args.name!r} in {namespace}: {exc.status} {exc.reason}", file=sys.stderr
         )
         return 1
-    status = json.loads(resp.data).get("status") or {}
+    status = pipeline.get("status") or {}
     if args.step:
         step = next((s for s in status.get("steps", []) if s.get("name") == args.step), None)
         if step is None:

@@ -129,17 +129,15 @@ def agent(name: str, tokens: int = 8000) -> dict[str, Any]:
 
 
 def api_http(kubeconfig: Path) -> httpx.Client:
-    from certs.kube import configuration
+    """A bare httpx client (not :class:`kube.Client`): the benchmark times raw round trips and
+    reads status codes itself."""
+    from kube.config import from_kubeconfig
 
-    cfg = configuration(kubeconfig)
-    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-    if cfg.cert_file:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    token = cfg.get_api_key_with_prefix("authorization")
-    if token:
-        headers["Authorization"] = token
-    return httpx.Client(base_url=cfg.host, verify=ctx, headers=headers, timeout=30)
+    connection = from_kubeconfig(kubeconfig)
+    headers = {"Content-Type": "application/json", "Accept": "application/json", **connection.headers()}
+    return httpx.Client(
+        base_url=connection.server, verify=connection.ssl_context(), headers=headers, timeout=30
+    )
 
 
 def post(http: httpx.Client, path: str, obj: dict[str, Any]) -> httpx.Response:
@@ -276,16 +274,14 @@ def serve_null_hook(port: int, cert_dir: Path) -> None:
 
 
 def register_null_hook(kubeconfig: Path, port: int, cert_dir: Path) -> None:
-    from kubernetes import client
-
-    from certs.kube import api_client
+    import kube
     from webhook.registration import ClientConfig, configurations, register
 
     deadline = time.monotonic() + 60
     while not (cert_dir / "ca.crt").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     config = ClientConfig(url=f"https://127.0.0.1:{port}", ca_bundle=(cert_dir / "ca.crt").read_bytes())
-    admission = client.AdmissionregistrationV1Api(api_client(kubeconfig))
+    admission = kube.Client(kube.config.from_kubeconfig(kubeconfig))
     configs = configurations(config, name="agentops-bench-null", scope_label=NULL_LABEL)
     for item in configs:
         for hook in item["webhooks"]:

@@ -35,10 +35,10 @@ from typing import Any
 
 import redis
 import yaml
-from kubernetes import client
 
+import kube
+import kube.config
 from contracts.keys import pipeline_results_stream, task_stream
-from localstack import _kube
 from localstack.agents import run_local_agents
 from localstack.controlplane import ControlPlane
 from localstack.crds import CRD_DIR
@@ -111,10 +111,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def ours(plural: str, ns: str, name: str | None = None) -> str:
+    return kube.path(f"{GROUP}/{VERSION}", plural, name, namespace=ns)
+
+
 def bench_handoff(
-    kubeconfig: Path, api: client.ApiClient, r: redis.Redis, ns: str, pipelines: int, concurrency: int
+    kubeconfig: Path, api: kube.Client, r: redis.Redis, ns: str, pipelines: int, concurrency: int
 ) -> dict[str, Any]:
-    custom = client.CustomObjectsApi(api)
     latencies: list[float] = []
     names = [f"handoff-{i:04d}" for i in range(pipelines)]
     for start in range(0, pipelines, concurrency):
@@ -123,7 +126,7 @@ def bench_handoff(
 
         def batch_done(batch: list[str] = batch) -> bool:
             for name in batch:
-                obj: Any = custom.get_namespaced_custom_object(GROUP, VERSION, ns, "agentpipelines", name)
+                obj = api.request("GET", ours("agentpipelines", ns, name))
                 if (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
                     return False
             return True
@@ -148,40 +151,38 @@ def bench_handoff(
     }
 
 
-def bench_convergence(kubeconfig: Path, api: client.ApiClient, ns: str, agents: int) -> dict[str, Any]:
-    apps = client.AppsV1Api(api)
-    custom = client.CustomObjectsApi(api)
+def bench_convergence(kubeconfig: Path, api: kube.Client, ns: str, agents: int) -> dict[str, Any]:
+    deployments_path = kube.path("apps/v1", "deployments", namespace=ns)
     text = "---\n".join(AGENT.format(name=f"fleet-{i:04d}", ns=ns, replicas=1) for i in range(agents))
     started = time.monotonic()
     kubectl_apply(kubeconfig, text)
     applied = time.monotonic() - started
 
     def deployments() -> int:
-        listed: Any = apps.list_namespaced_deployment(ns, label_selector="app.kubernetes.io/managed-by")
-        return sum(1 for d in listed.items if str(d.metadata.name).startswith("fleet-"))
+        listed = api.list_items(
+            deployments_path, label_selector="app.kubernetes.io/managed-by", metadata_only=True
+        )
+        return sum(1 for d in listed if str(d["metadata"]["name"]).startswith("fleet-"))
 
     wait(lambda: deployments() >= agents, f"{agents} Deployments", 600)
     all_deployments = time.monotonic() - started
 
     def statuses() -> int:
-        listed: Any = custom.list_namespaced_custom_object(GROUP, VERSION, ns, "agentdeployments")
+        listed = api.list_items(ours("agentdeployments", ns))
         return sum(
             1
-            for a in listed["items"]
+            for a in listed
             if a["metadata"]["name"].startswith("fleet-") and (a.get("status") or {}).get("replicas") == 1
         )
 
     # Per agent: Deployment creation - agent creation (API server timestamps, 1 s resolution).
-    listed_agents: Any = custom.list_namespaced_custom_object(GROUP, VERSION, ns, "agentdeployments")
-    created = {a["metadata"]["name"]: a["metadata"]["creationTimestamp"] for a in listed_agents["items"]}
-    listed_deps: Any = apps.list_namespaced_deployment(ns)
+    listed_agents = api.list_items(ours("agentdeployments", ns), metadata_only=True)
+    created = {a["metadata"]["name"]: _time(a["metadata"]["creationTimestamp"]) for a in listed_agents}
+    listed_deps = api.list_items(deployments_path, metadata_only=True)
     lags = sorted(
-        (
-            d.metadata.creation_timestamp
-            - datetime.fromisoformat(created[d.metadata.name].replace("Z", "+00:00"))
-        ).total_seconds()
-        for d in listed_deps.items
-        if d.metadata.name.startswith("fleet-")
+        (_time(d["metadata"]["creationTimestamp"]) - created[d["metadata"]["name"]]).total_seconds()
+        for d in listed_deps
+        if d["metadata"]["name"].startswith("fleet-")
     )
     wait(lambda: statuses() >= agents, f"{agents} agent statuses", 600)
     return {
@@ -193,6 +194,10 @@ def bench_convergence(kubeconfig: Path, api: client.ApiClient, ns: str, agents: 
         "all_status_replicas_s": round(time.monotonic() - started, 2),
         "note": "status.replicas waits for kube-controller-manager (ReplicaSets, Pods; its API QPS limit)",
     }
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def main() -> int:
@@ -214,9 +219,9 @@ def main() -> int:
     try:
         plane.start(timeout=180, crds=crds)
         redis_server.start()
-        api = _kube.api_client(plane.kubeconfig)
+        api = kube.Client(kube.config.from_kubeconfig(plane.kubeconfig))
         ns = "bench"
-        client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+        api.create(kube.path("v1", "namespaces"), {"metadata": {"name": ns}})
         log = (workdir / "controller.log").open("wb")
         controller = subprocess.Popen(
             [sys.executable, "-m", "controller", "--namespace", ns, "--redis-url", redis_server.url,
@@ -235,10 +240,9 @@ def main() -> int:
         launcher.start()
         kubectl_apply(plane.kubeconfig, AGENT.format(name="bench-first", ns=ns, replicas=1))
         kubectl_apply(plane.kubeconfig, AGENT.format(name="bench-second", ns=ns, replicas=1))
-        custom = client.CustomObjectsApi(api)
 
         def ready(name: str) -> bool:
-            obj: Any = custom.get_namespaced_custom_object(GROUP, VERSION, ns, "agentdeployments", name)
+            obj = api.request("GET", ours("agentdeployments", ns, name))
             return bool((obj.get("status") or {}).get("readyReplicas"))
 
         wait(lambda: ready("bench-first") and ready("bench-second"), "the pipeline agents", 120)

@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import kube
+
+ADMISSION = "admissionregistration.k8s.io/v1"
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +43,7 @@ class InjectionConflict(RuntimeError):
     """A configuration kept changing under us for :data:`MAX_ATTEMPTS` rounds."""
 
 
-def _webhooks(configuration: Any) -> list[Any]:
-    return list(getattr(configuration, "webhooks", None) or [])
-
-
-def _encoded(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode()
-    return value if isinstance(value, str) else None
-
-
-def ca_bundle_patch(configuration: Any, ca_bundle_pem: bytes) -> list[dict[str, Any]]:
+def ca_bundle_patch(configuration: Mapping[str, Any], ca_bundle_pem: bytes) -> list[dict[str, Any]]:
     """JSON patch operations that set ``caBundle`` on every webhook that lacks this bundle.
 
     Empty when nothing is missing.  Otherwise the first operation pins the ``resourceVersion``
@@ -58,24 +52,24 @@ def ca_bundle_patch(configuration: Any, ca_bundle_pem: bytes) -> list[dict[str, 
     """
     encoded = base64.b64encode(ca_bundle_pem).decode()
     ops: list[dict[str, Any]] = []
-    for index, webhook in enumerate(_webhooks(configuration)):
-        if _encoded(webhook.client_config.ca_bundle) == encoded:
+    for index, webhook in enumerate(configuration.get("webhooks") or []):
+        if (webhook.get("clientConfig") or {}).get("caBundle") == encoded:
             continue
-        ops.append({"op": "test", "path": f"/webhooks/{index}/name", "value": webhook.name})
+        ops.append({"op": "test", "path": f"/webhooks/{index}/name", "value": webhook["name"]})
         ops.append({"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": encoded})
     if not ops:
         return []
-    version = configuration.metadata.resource_version
+    version = configuration["metadata"]["resourceVersion"]
     return [{"op": "replace", "path": "/metadata/resourceVersion", "value": version}, *ops]
 
 
-def carries_ca_bundle(configuration: Any, ca_bundle_pem: bytes) -> bool:
+def carries_ca_bundle(configuration: Mapping[str, Any], ca_bundle_pem: bytes) -> bool:
     """True when every webhook of the configuration already trusts exactly this bundle."""
     return not ca_bundle_patch(configuration, ca_bundle_pem)
 
 
 def inject_ca_bundle(
-    admission_api: Any,
+    api: kube.Client,
     ca_bundle_pem: bytes,
     *,
     mutating: Sequence[str] = (),
@@ -84,7 +78,7 @@ def inject_ca_bundle(
 ) -> list[str]:
     """Set ``caBundle`` on the named configurations; returns the ones this call patched.
 
-    ``admission_api`` is a ``kubernetes.client.AdmissionregistrationV1Api``.  ``confirm`` is
+    ``confirm`` is
     called before each patch (see the module docstring); when it returns False,
     :class:`StaleBundle` is raised and nothing more is written.  A configuration that does not
     exist (yet) is skipped with a warning: the webhook may start before the configurations are
@@ -92,33 +86,24 @@ def inject_ca_bundle(
     """
     patched: list[str] = []
     kinds = (
-        ("MutatingWebhookConfiguration", mutating, admission_api.read_mutating_webhook_configuration,
-         admission_api.patch_mutating_webhook_configuration),
-        ("ValidatingWebhookConfiguration", validating, admission_api.read_validating_webhook_configuration,
-         admission_api.patch_validating_webhook_configuration),
-    )  # fmt: skip
-    for kind, names, read, patch in kinds:
+        ("MutatingWebhookConfiguration", "mutatingwebhookconfigurations", mutating),
+        ("ValidatingWebhookConfiguration", "validatingwebhookconfigurations", validating),
+    )
+    for kind, plural, names in kinds:
         for name in names:
-            if _inject_one(kind, name, read, patch, ca_bundle_pem, confirm):
+            if _inject_one(api, kind, kube.path(ADMISSION, plural, name), ca_bundle_pem, confirm):
                 patched.append(f"{kind}/{name}")
     return patched
 
 
 def _inject_one(
-    kind: str,
-    name: str,
-    read: Callable[[str], Any],
-    patch: Callable[..., Any],
-    ca_bundle_pem: bytes,
-    confirm: Callable[[], bool] | None,
+    api: kube.Client, kind: str, path: str, ca_bundle_pem: bytes, confirm: Callable[[], bool] | None
 ) -> bool:
     """One configuration: True when this call wrote it."""
+    name = path.rsplit("/", 1)[-1]
     for _attempt in range(MAX_ATTEMPTS):
-        try:
-            current = read(name)
-        except Exception as exc:
-            if getattr(exc, "status", None) != 404:
-                raise
+        current = api.get(path)
+        if current is None:
             log.warning("webhook configuration not found; caBundle not injected yet",
                         extra={"kind": kind, "configuration": name})  # fmt: skip
             return False
@@ -128,11 +113,11 @@ def _inject_one(
         if confirm is not None and not confirm():
             raise StaleBundle(f"the certificate bundle changed while injecting it into {kind}/{name}")
         try:
-            patch(name, ops, _content_type="application/json-patch+json")
-        except Exception as exc:
+            api.json_patch(path, ops)
+        except kube.ApiError as exc:
             # 409: the configuration changed since we read it (another replica injected, or it was
             # re-applied); 422: a name test failed (webhooks reordered).  Both: read again.
-            if getattr(exc, "status", None) not in (409, 422):
+            if exc.status not in (409, 422):
                 raise
             log.info("webhook configuration changed while injecting caBundle; re-reading",
                      extra={"kind": kind, "configuration": name})  # fmt: skip

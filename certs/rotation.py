@@ -29,9 +29,7 @@ every ``interval`` seconds, with a warning saying what to grant.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import json
 import logging
 import threading
 import time
@@ -40,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kube
 from certs.authority import CertBundle, CertificateError, Hosts, Lifetimes, next_change, plan
 from certs.inject import StaleBundle, inject_ca_bundle
 from certs.store import (
@@ -88,8 +87,8 @@ class CertManager:
     hosts: Hosts
     lifetimes: Lifetimes = field(default_factory=Lifetimes)
     secret: SecretRef | None = None
-    core_v1: Any = None
-    admission_api: Any = None
+    #: Needed for a Secret and for caBundle injection; a local stack without either runs without.
+    api: kube.Client | None = None
     mutating: Sequence[str] = ()
     validating: Sequence[str] = ()
     settle_seconds: float = 2.0
@@ -99,19 +98,23 @@ class CertManager:
     #: Set to run a cycle now (a Secret change, or stopping).
     wake: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _seen_version: str = field(default="", init=False, repr=False)
-    _watch_response: Any = field(default=None, init=False, repr=False)
+    _watch_stream: kube.client.WatchStream | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.secret is not None and self.core_v1 is None:
-            raise ValueError("a Secret needs a CoreV1Api client")
-        if (self.mutating or self.validating) and self.admission_api is None:
-            raise ValueError("caBundle injection needs an AdmissionregistrationV1Api client")
+        if self.secret is not None and self.api is None:
+            raise ValueError("a Secret needs a Kubernetes client")
+        if (self.mutating or self.validating) and self.api is None:
+            raise ValueError("caBundle injection needs a Kubernetes client")
+
+    def _client(self) -> kube.Client:
+        assert self.api is not None, "checked in __post_init__"
+        return self.api
 
     # --- one cycle --------------------------------------------------------------------------------
 
     def _read_secret(self) -> SecretSnapshot:
         assert self.secret is not None
-        snapshot = load_secret(self.core_v1, self.secret)
+        snapshot = load_secret(self._client(), self.secret)
         if snapshot.problem is not None:
             # Corrupt material is replaced rather than served; the reason (never the data) is logged.
             log.warning("certificate Secret unusable, regenerating", extra={"reason": snapshot.problem})
@@ -135,7 +138,7 @@ class CertManager:
                 assert self.secret is not None
                 try:
                     self._seen_version = write_secret(
-                        self.core_v1, self.secret, bundle, snapshot.resource_version, read=snapshot
+                        self._client(), self.secret, bundle, snapshot.resource_version, read=snapshot
                     )
                 except SecretConflict:
                     log.info("another replica renewed the certificates first; adopting its bundle")
@@ -176,7 +179,7 @@ class CertManager:
                     return self._trust_is_current(bundle.trusted_pem)
 
             inject_ca_bundle(
-                self.admission_api,
+                self._client(),
                 bundle.trusted_pem,
                 mutating=self.mutating,
                 validating=self.validating,
@@ -258,60 +261,43 @@ class CertManager:
     def _watch_once(self, version: str, stop: threading.Event) -> str:
         """One watch request; returns the version to resume from ("" to start afresh)."""
         assert self.secret is not None
+        api = self._client()
         if not version:
-            version = str(
-                self.core_v1.read_namespaced_secret(
-                    self.secret.name, self.secret.namespace
-                ).metadata.resource_version
-            )
+            version = str(api.request("GET", self.secret.path)["metadata"]["resourceVersion"])
         try:
-            response = self.core_v1.list_namespaced_secret(
-                self.secret.namespace,
+            with api.watch(
+                kube.path("v1", "secrets", namespace=self.secret.namespace),
                 field_selector=f"metadata.name={self.secret.name}",
                 resource_version=version,
-                watch=True,
-                allow_watch_bookmarks=True,
                 timeout_seconds=WATCH_TIMEOUT,
-                _preload_content=False,
-                # A read timeout beyond the server-side one: a silently dead connection is noticed.
-                _request_timeout=(10, WATCH_TIMEOUT + 30),
-            )
-        except Exception as exc:
-            if getattr(exc, "status", None) == 403:
+            ) as stream:
+                self._watch_stream = stream
+                if stop.is_set():  # stopped while connecting: interrupt_watch may have missed this one
+                    return version
+                for event in stream:
+                    if stop.is_set():
+                        break
+                    obj = event.get("object") or {}
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    if event.get("type") != "BOOKMARK" and version != self._seen_version:
+                        self.wake.set()
+        except kube.WatchExpired:
+            # Our version is too old to resume from: re-read now, and watch afresh.
+            self.wake.set()
+            return ""
+        except kube.ApiError as exc:
+            if exc.status == 403:
                 raise _WatchForbidden from exc
             raise
-        self._watch_response = response
-        try:
-            if stop.is_set():  # stopped while connecting: interrupt_watch may have missed this one
-                return version
-            if response.status == 403:
-                raise _WatchForbidden
-            if response.status != 200:
-                raise RuntimeError(f"watch of Secret {self.secret} answered HTTP {response.status}")
-            for line in response:
-                if stop.is_set():
-                    break
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:  # our version is too old to resume from
-                        self.wake.set()
-                        return ""
-                    raise RuntimeError(f"watch of Secret {self.secret} failed: {obj.get('reason')}")
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                if kind != "BOOKMARK" and version != self._seen_version:
-                    self.wake.set()
         finally:
-            self._watch_response = None
-            response.release_conn()
+            self._watch_stream = None
         return version
 
     def interrupt_watch(self) -> None:
         """Close the Secret watch's connection now (stopping), instead of at its server-side timeout."""
-        response = self._watch_response
-        if response is not None:
-            with contextlib.suppress(Exception):
-                response.shutdown()
+        stream = self._watch_stream
+        if stream is not None:
+            stream.interrupt()
 
     def start(self, interval: float) -> Rotation:
         """Run :meth:`run` (and, with a Secret, :meth:`follow_secret`) on daemon threads."""
@@ -338,12 +324,8 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
     The body of a failed Secret request may echo what was sent (key material); a network or
     file error's message is safe and says what went wrong.
     """
-    if hasattr(exc, "body") and hasattr(exc, "status"):
-        return {
-            "error_type": type(exc).__name__,
-            "status": exc.status,
-            "reason": getattr(exc, "reason", None),
-        }
+    if isinstance(exc, kube.ApiError):
+        return {"error_type": type(exc).__name__, "status": exc.status, "reason": exc.reason}
     return {"error_type": type(exc).__name__, "error": str(exc)}
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kube
 from certs.authority import CertBundle, CertificateError, KeyPair, split_pem
 
 TRUSTED = "ca.crt"
@@ -121,6 +122,10 @@ class SecretRef:
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def path(self) -> str:
+        return kube.path("v1", "secrets", self.name, namespace=self.namespace)
+
 
 class SecretConflict(RuntimeError):
     """Someone else updated the Secret since we read it."""
@@ -144,25 +149,21 @@ class SecretSnapshot:
     type: str = "Opaque"
 
 
-def _api_status(exc: Exception) -> int | None:
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
-
-
-def load_secret(core_v1: Any, ref: SecretRef) -> SecretSnapshot:
+def load_secret(api: kube.Client, ref: SecretRef) -> SecretSnapshot:
     """Read the Secret once; unusable material is reported in ``problem``, never raised.
 
-    The Secret must exist: the webhook's RBAC only allows get/update/watch on that one name
-    (``create`` cannot be restricted by name), so the manifests create it empty.
+    The Secret must exist (:class:`kube.ApiError` 404 otherwise): the webhook's RBAC only allows
+    get/update/watch on that one name (``create`` cannot be restricted by name), so the manifests
+    create it empty.
     """
-    secret = core_v1.read_namespaced_secret(ref.name, ref.namespace)
-    data: dict[str, str] = dict(secret.data or {})
-    meta = secret.metadata
+    secret = api.request("GET", ref.path)
+    data: dict[str, str] = dict(secret.get("data") or {})
+    meta = secret.get("metadata") or {}
     common: dict[str, Any] = {
-        "resource_version": str(meta.resource_version or ""),
-        "labels": dict(meta.labels or {}),
-        "annotations": dict(meta.annotations or {}),
-        "type": secret.type or "Opaque",
+        "resource_version": str(meta.get("resourceVersion") or ""),
+        "labels": dict(meta.get("labels") or {}),
+        "annotations": dict(meta.get("annotations") or {}),
+        "type": secret.get("type") or "Opaque",
     }
     if not any(data.get(name) for name in _ALL):
         return SecretSnapshot(bundle=None, **common)
@@ -173,19 +174,19 @@ def load_secret(core_v1: Any, ref: SecretRef) -> SecretSnapshot:
         return SecretSnapshot(bundle=None, problem=str(exc), **common)
 
 
-def read_secret(core_v1: Any, ref: SecretRef) -> tuple[CertBundle | None, str]:
+def read_secret(api: kube.Client, ref: SecretRef) -> tuple[CertBundle | None, str]:
     """The bundle stored in the Secret (None when it is empty) and the Secret's resourceVersion.
 
     Raises :class:`CertificateError` when the Secret holds incomplete or unreadable material.
     """
-    snapshot = load_secret(core_v1, ref)
+    snapshot = load_secret(api, ref)
     if snapshot.problem is not None:
         raise CertificateError(snapshot.problem)
     return snapshot.bundle, snapshot.resource_version
 
 
 def write_secret(
-    core_v1: Any,
+    api: kube.Client,
     ref: SecretRef,
     bundle: CertBundle,
     resource_version: str,
@@ -198,30 +199,31 @@ def write_secret(
     (an update replaces the whole object).  Raises :class:`SecretConflict` when another writer got
     there first; the caller re-reads and adopts what that writer stored.
     """
-    from kubernetes import client
-
     if not resource_version:
         # An update without a resourceVersion is unconditional: it would overwrite a concurrent
         # writer's bundle instead of losing to it.
         raise ValueError(f"refusing to update Secret {ref} without the resourceVersion it was read at")
     data = {name: base64.b64encode(value).decode() for name, value in bundle_files(bundle).items()}
-    body = client.V1Secret(
-        api_version="v1",
-        kind="Secret",
-        metadata=client.V1ObjectMeta(
-            name=ref.name,
-            namespace=ref.namespace,
-            resource_version=resource_version,
-            labels=(read.labels or None) if read else None,
-            annotations=(read.annotations or None) if read else None,
-        ),
-        type=read.type if read else "Opaque",
-        data=data,
-    )
+    metadata: dict[str, Any] = {
+        "name": ref.name,
+        "namespace": ref.namespace,
+        "resourceVersion": resource_version,
+    }
+    if read is not None and read.labels:
+        metadata["labels"] = read.labels
+    if read is not None and read.annotations:
+        metadata["annotations"] = read.annotations
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": read.type if read else "Opaque",
+        "data": data,
+    }
     try:
-        stored = core_v1.replace_namespaced_secret(ref.name, ref.namespace, body)
-    except Exception as exc:
-        if _api_status(exc) == 409:
+        stored = api.replace(ref.path, body)
+    except kube.ApiError as exc:
+        if exc.status == 409:
             raise SecretConflict(f"Secret {ref} changed while renewing certificates") from exc
         raise
-    return str(stored.metadata.resource_version)
+    return str(stored["metadata"]["resourceVersion"])

@@ -82,6 +82,15 @@ class Model(BaseModel):
         """The JSON the API server stores: aliases, no unset optional fields."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
+    @classmethod
+    def fields_by_alias(cls) -> dict[str, str]:
+        """Kubernetes (camelCase) name -> Python attribute of each field, in declaration order.
+
+        Read from the aliases pydantic generated, so code that walks fields by their Kubernetes
+        name (the limit names, say) never keeps a second copy of the mapping.
+        """
+        return {info.alias or name: name for name, info in cls.model_fields.items()}
+
 
 # --- common parts --------------------------------------------------------------------------------
 
@@ -137,7 +146,11 @@ class Limits(Model):
     max_concurrent_tasks: PositiveInt | None = None
     timeout_seconds: PositiveInt | None = None
 
-    NAMES: ClassVar[tuple[str, ...]] = ("maxTokensPerCall", "maxConcurrentTasks", "timeoutSeconds")
+    #: The limit names (Kubernetes spelling) in the order they are reported; set from the fields below.
+    NAMES: ClassVar[tuple[str, ...]]
+
+
+Limits.NAMES = tuple(Limits.fields_by_alias())
 
 
 class LivenessProbe(Model):

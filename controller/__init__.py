@@ -4,5 +4,6 @@ Owns: reconciliation of AgentDeployments (Deployment, ConfigMap, Service, status
 AgentPromptRevision history, AgentPipeline execution over Redis Streams, queue-depth
 autoscaling and budget status.
 
-May import: :mod:`policies`.  Never the webhook or the runtime.
+May import: :mod:`contracts`, :mod:`policies` and :mod:`kube` (its Kubernetes calls; kopf logs in
+through the same :mod:`kube.config` rule).  Never the webhook, certs or the runtime.
 """

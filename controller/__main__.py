@@ -15,8 +15,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from contracts import logline
 from contracts.resources import SecretKeyRef
 from controller.render import DEFAULT_RUNTIME_IMAGE, RenderOptions
+from kube.cli import add_kube_arguments, connection_from_args
+from kube.config import ConfigError
 
 
 def pod_priority(pod_name: str | None) -> int:
@@ -32,12 +35,27 @@ def pod_priority(pod_name: str | None) -> int:
     return int(hashlib.sha256(pod_name.encode()).hexdigest()[:8], 16) % 1_000_000 + 1
 
 
+def configure_logging(*, verbose: bool) -> None:
+    """kopf's records, and every other, as :mod:`contracts.logline` JSON lines.
+
+    In place of ``kopf.configure``, whose formats (text, or python-json-logger with keys of its
+    own) are not ours; kopf's event posting hangs off its own logger and is not affected.  The
+    levels are kopf's: DEBUG with ``--verbose``, else INFO; asyncio's logger muted, as kopf does
+    outside ``--debug``.
+    """
+    # kopf reports every handler and timer run at INFO: thousands of lines a minute at scale.
+    logline.configure(logging.DEBUG if verbose else logging.INFO, quiet=() if verbose else ("kopf.objects",))
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.propagate = False
+    asyncio_log.handlers[:] = [logging.NullHandler()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m controller", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--namespace", action="append", default=[], help="namespace to serve (repeatable; default all)"
     )
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    add_kube_arguments(parser)
     parser.add_argument(
         "--redis-url", default=os.environ.get("AGENTOPS_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
@@ -88,20 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(verbose=args.verbose)
+    try:
+        connection = connection_from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
     default_secret = None
     if args.default_api_key_secret:
         name, _, key = args.default_api_key_secret.partition("/")
         default_secret = SecretKeyRef(name=name, key=key or "api-key")
-    # Imported only now: the kubernetes client reads $KUBECONFIG when it is first imported, and
-    # CONFIG must be set before any handler runs.
+    # Imported only now: importing the handlers registers them with kopf, and CONFIG and
+    # CONNECTION must be set before any of them runs.
     import kopf
 
     from controller import handlers
     from controller.context import ControllerConfig
 
+    handlers.CONNECTION = connection
     handlers.CONFIG = ControllerConfig(
         namespaces=tuple(args.namespace),
         redis_url=args.redis_url,
@@ -115,11 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         full_resync_seconds=args.full_resync_seconds,
         keda_redis_address=args.keda_redis_address,
     )
-    kopf.configure(verbose=args.verbose)
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    if not args.verbose:
-        # kopf reports every handler and timer run at INFO: thousands of lines a minute at scale.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     handlers.PEERING_LIFETIME = args.peering_lifetime
     kopf.run(
         standalone=args.standalone,

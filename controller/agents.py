@@ -21,12 +21,10 @@ Failures become conditions and Events, never exceptions that crash-loop: a missi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -34,6 +32,8 @@ from contracts.resources import LABEL_AGENT, AgentDeployment, prompt_sha256
 from controller import autoscale, budget, render, revisions
 from controller.context import Context
 from controller.policy import AgentPolicyView
+from kube import ApiError
+from policies.stamps import annotations_of
 
 logger = logging.getLogger("controller.agents")
 
@@ -43,13 +43,9 @@ APPLY_RETRY_SECONDS = 5.0
 SECRET_TTL_SECONDS = 5.0
 
 
-def api_message(exc: ApiException) -> str:
+def api_message(exc: ApiError) -> str:
     """The API server's own explanation (e.g. which verb RBAC denied), not just "403 Forbidden"."""
-    try:
-        detail = json.loads(exc.body or "{}").get("message")
-    except (TypeError, ValueError):
-        detail = None
-    return f"{exc.status} {detail or exc.reason}"
+    return exc.explanation
 
 
 def essence(body: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +121,7 @@ async def _reconcile_locked(
                 ctx.kube.apply, render.render_deployment(agent, config, decision, options)
             )
             await _call(ctx.kube.apply, render.render_service(agent))
-        except ApiException as exc:
+        except ApiError as exc:
             message = f"applying the agent's Deployment, ConfigMap or Service failed: {api_message(exc)}"
             previous = conditions.get("Ready") or {}
             conditions.set("Ready", False, "ApplyFailed", message)
@@ -180,7 +176,7 @@ async def _secret_exists(ctx: Context, namespace: str, name: str) -> bool:
         return cached[0]
     try:
         exists = bool(await _call(ctx.kube.secret_exists, namespace, name))
-    except ApiException as exc:
+    except ApiError as exc:
         logger.warning("cannot check Secret %s/%s: %s", namespace, name, api_message(exc))
         exists = False
     ctx.secrets[(namespace, name)] = (exists, now)
@@ -190,7 +186,7 @@ async def _secret_exists(ctx: Context, namespace: str, name: str) -> bool:
 def reconcile_key(body: dict[str, Any]) -> tuple[Any, ...]:
     """What, when it changes, needs a full reconciliation: the spec generation and our annotations."""
     meta = body.get("metadata", {})
-    annotations = meta.get("annotations") or {}
+    annotations = annotations_of(body)
     stamps = tuple(sorted((k, v) for k, v in annotations.items() if k.startswith("agentops.agentops.io/")))
     return (meta.get("generation"), stamps, meta.get("uid"))
 
@@ -202,7 +198,7 @@ async def _patch_status_if_changed(ctx: Context, body: dict[str, Any], status: d
     meta = body["metadata"]
     try:
         await _call(ctx.kube.patch_status, PLURAL, meta["namespace"], meta["name"], status)
-    except ApiException as exc:
+    except ApiError as exc:
         if exc.status != 404:  # deleted meanwhile: nothing to report on
             logger.warning("status patch of %s/%s failed: %s", meta["namespace"], meta["name"], exc.reason)
         return
@@ -296,7 +292,7 @@ async def _autoscale(
         return
     try:
         await _call(ctx.kube.scale_agent, namespace, name, target)
-    except ApiException as exc:
+    except ApiError as exc:
         # A webhook denial lands here: report it, try again next tick.
         await _event(ctx, body, "Warning", "ScaleFailed", f"scaling to {target} failed: {api_message(exc)}")
         return

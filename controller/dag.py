@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from contracts import templates
+from contracts import pipeline_graph, templates
 from contracts.resources import AgentPipelineSpec, PipelinePhase, PipelineStep, StepStatus
 
 #: How much of a step's (or the pipeline's) output is kept in status; the rest stays in Redis.
@@ -44,22 +44,17 @@ def initial_steps(spec: AgentPipelineSpec, existing: Iterable[StepStatus] = ()) 
 
 
 def validate_graph(spec: AgentPipelineSpec) -> str | None:
-    """A message when a dependency names no step or the steps form a cycle; None when the DAG is sound."""
-    names = {s.name for s in spec.steps}
-    for step in spec.steps:
-        for dep in step.depends_on:
-            if dep not in names:
-                return f"step {step.name!r} depends on {dep!r}, which is not a step of this pipeline"
-    deps = {s.name: set(s.depends_on) for s in spec.steps}
-    done: set[str] = set()
-    while deps:
-        free = [n for n, d in deps.items() if d <= done]
-        if not free:
-            return f"steps {sorted(deps)} form a dependency cycle"
-        for n in free:
-            done.add(n)
-            del deps[n]
-    return None
+    """A message when a dependency names no step or the steps form a cycle; None when the DAG is sound.
+
+    The webhook refuses such pipelines; this catches one stored before it ran.  A cycle is named in
+    the admission rules' words (:func:`contracts.pipeline_graph.cycle_message`).
+    """
+    deps, unknown = pipeline_graph.dependencies(spec)
+    if unknown:
+        first = unknown[0]
+        return f"step {first.step!r} depends on {first.dependency!r}, which is not a step of this pipeline"
+    cycle = pipeline_graph.find_cycle(deps)
+    return pipeline_graph.cycle_message(cycle) if cycle else None
 
 
 def runnable(spec: AgentPipelineSpec, steps: Mapping[str, StepStatus]) -> list[PipelineStep]:

@@ -24,9 +24,9 @@ import time
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 from redis.asyncio import Redis
 
+import kube
 from contracts.resources import GROUP, LABEL_AGENT, LABEL_MANAGED_BY, VERSION
 from controller import agents, pipelines
 from controller.context import AgentInfo, Context, ControllerConfig
@@ -40,6 +40,10 @@ TIMER_SECONDS = 1.0
 
 #: Set by ``python -m controller`` before the operator starts.
 CONFIG = ControllerConfig()
+#: Where the API server is and who we are to it, set by ``python -m controller`` from
+#: ``--kubeconfig``/``--in-cluster``; unset, :func:`kube.load`'s rule picks it.  kopf's own
+#: connection (:func:`login`) and ours (:class:`controller.kube.Kube`) both come from it.
+CONNECTION: kube.Connection | None = None
 PEERING_LIFETIME = 60
 _context: Context | None = None
 
@@ -55,14 +59,31 @@ def context() -> Context:
 API_THREADS = 16
 
 
-def _api_client() -> client.ApiClient:
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    configuration.connection_pool_maxsize = API_THREADS
-    return client.ApiClient(configuration)
+def connection() -> kube.Connection:
+    global CONNECTION
+    if CONNECTION is None:
+        CONNECTION = kube.load()
+    return CONNECTION
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials, from the same :class:`kube.Connection` as ours.
+
+    Registering this replaces kopf's own fallbacks (in-cluster, then ``~/.kube/config``), so both
+    clients follow one rule.  kopf calls it again after a 401, which re-reads a rotated token.
+    """
+    conn = connection()
+    scheme, _sep, token = (conn.authorization() or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=conn.server,
+        ca_path=conn.ca_file,
+        insecure=not conn.verify,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=conn.cert_file,
+        private_key_path=conn.key_file,
+    )
 
 
 @kopf.on.startup()
@@ -82,7 +103,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube")
     )
-    _context = Context(config=CONFIG, kube=Kube(_api_client()), redis=redis)
+    api = kube.Client(connection(), user_agent=CONTROLLER_NAME, max_connections=API_THREADS)
+    _context = Context(config=CONFIG, kube=Kube(api), redis=redis)
     if not settings.peering.standalone and settings.peering.name:
         await asyncio.to_thread(_context.kube.ensure_peering, settings.peering.name, CONFIG.namespaces)
     logger.info(
@@ -97,6 +119,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def cleanup(**_: Any) -> None:
     if _context is not None:
         await _context.redis.aclose()
+        _context.kube.api.close()
 
 
 def _plain(body: Any) -> dict[str, Any]:

@@ -1,146 +1,71 @@
-"""The controller's few Kubernetes calls, as plain-dict functions over the official client.
+"""The controller's few Kubernetes calls, named for what the controller does with them.
 
-The kubernetes client is synchronous; :mod:`controller.agents` and :mod:`controller.pipelines`
-call these through ``asyncio.to_thread`` so kopf's event loop never blocks.  Children are written
-with **server-side apply** (field manager ``agentops-controller``, forced): one idempotent call
-creates a missing object or brings a drifted one back, which is what makes reconciliation
-level-based.  Reads return the API server's JSON as dicts (camelCase), the same shape kopf hands
-to handlers, so one code path serves both.
+Every call goes through one blocking :class:`kube.Client`; :mod:`controller.agents` and
+:mod:`controller.pipelines` call these through ``asyncio.to_thread`` so kopf's event loop never
+blocks.  Children are written with **server-side apply** (field manager ``agentops-controller``,
+forced): one idempotent call creates a missing object or brings a drifted one back, which is what
+makes reconciliation level-based.  Reads return the API server's JSON as dicts (camelCase), the
+same shape kopf hands to handlers, so one code path serves both.  Failures raise
+:class:`kube.ApiError`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
+import kube
 from contracts.resources import GROUP, VERSION
 from controller.render import FIELD_MANAGER
 
-APPLY = "application/apply-patch+yaml"
-MERGE = "application/merge-patch+json"
+OURS = f"{GROUP}/{VERSION}"
 
 
 class Kube:
-    """Thin wrapper over one ``ApiClient``; every method is blocking (run it in a thread)."""
+    """The controller's calls over one :class:`kube.Client`; every method blocks (run it in a thread)."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
-        self.api_client = api_client
-        self.core = client.CoreV1Api(api_client)
-        self.apps = client.AppsV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
-        self.ext = client.ApiextensionsV1Api(api_client)
-
-    @staticmethod
-    def _json(response: Any) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(response.data)
-        return data
+    def __init__(self, api: kube.Client) -> None:
+        self.api = api
 
     # --- children (server-side apply) -------------------------------------------------------
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        kind = obj["kind"]
-        ns = obj["metadata"]["namespace"]
-        name = obj["metadata"]["name"]
-        common: dict[str, Any] = {
-            "field_manager": FIELD_MANAGER,
-            "force": True,
-            "_content_type": APPLY,
-            "_preload_content": False,
-        }
-        resp: Any
-        if kind == "Deployment":
-            resp = self.apps.patch_namespaced_deployment(name, ns, obj, **common)
-        elif kind == "ConfigMap":
-            resp = self.core.patch_namespaced_config_map(name, ns, obj, **common)
-        elif kind == "Service":
-            resp = self.core.patch_namespaced_service(name, ns, obj, **common)
-        else:
-            group, version = obj["apiVersion"].split("/")
-            plural = kind.lower() + "s"
-            resp = self.custom.patch_namespaced_custom_object(group, version, ns, plural, name, obj, **common)
-        return self._json(resp)
+        return self.api.apply(obj, field_manager=FIELD_MANAGER, force=True)
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._json(self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self.api.get(kube.path("apps/v1", "deployments", name, namespace=namespace))
 
     def secret_exists(self, namespace: str, name: str) -> bool:
         """Whether the Secret exists (a field-selected list, so a missing one is not an error)."""
-        resp = self.core.list_namespaced_secret(
-            namespace, field_selector=f"metadata.name={name}", _preload_content=False
+        # Metadata only: the Secret's data never reaches this process.
+        found = self.api.list_items(
+            kube.path("v1", "secrets", namespace=namespace),
+            field_selector=f"metadata.name={name}",
+            metadata_only=True,
         )
-        # Only the count is kept; the Secret's data is never logged or stored.
-        return bool(self._json(resp).get("items"))
+        return bool(found)
 
     # --- our resources ----------------------------------------------------------------------
 
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._json(
-                self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, name, _preload_content=False
-                )
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self.api.get(kube.path(OURS, plural, name, namespace=namespace))
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch ``status`` (lists such as conditions and steps are replaced whole)."""
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            {"status": status},
-            _content_type=MERGE,
-            _preload_content=False,
-        )
+        self.api.patch_status(kube.path(OURS, plural, name, namespace=namespace), status)
 
     def scale_agent(self, namespace: str, name: str, replicas: int) -> None:
         """Scale through the scale subresource, so admission sees the change like any other."""
-        self.custom.patch_namespaced_custom_object_scale(
-            GROUP,
-            VERSION,
-            namespace,
-            "agentdeployments",
-            name,
-            {"spec": {"replicas": replicas}},
-            _content_type=MERGE,
-            _preload_content=False,
-        )
+        self.api.scale(kube.path(OURS, "agentdeployments", name, namespace=namespace), replicas)
 
     def list_custom(self, plural: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
-        data = self._json(
-            self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, label_selector=label_selector, _preload_content=False
-            )
+        return self.api.list_items(
+            kube.path(OURS, plural, namespace=namespace), label_selector=label_selector
         )
-        items: list[dict[str, Any]] = data.get("items", [])
-        return items
 
     def create_custom(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
         """Create; False when an object of that name already exists (deterministic names = done)."""
-        try:
-            self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, body, _preload_content=False
-            )
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+        return self.api.create(kube.path(OURS, plural, namespace=namespace), body, exist_ok=True) is not None
 
     def ensure_peering(self, name: str, namespaces: tuple[str, ...]) -> None:
         """Create kopf's peering object(s) unless they exist: a ClusterKopfPeering for a
@@ -150,54 +75,26 @@ class Kube:
         cluster (kubectl maps every kind before the CRD is established), so the controller
         creates it, once, the first time any replica starts."""
         body = {"apiVersion": "kopf.dev/v1", "metadata": {"name": name}}
-        try:
-            if not namespaces:
-                self.custom.create_cluster_custom_object(
-                    "kopf.dev", "v1", "clusterkopfpeerings", {**body, "kind": "ClusterKopfPeering"}
+        if not namespaces:
+            self.api.create(
+                kube.path("kopf.dev/v1", "clusterkopfpeerings"),
+                {**body, "kind": "ClusterKopfPeering"},
+                exist_ok=True,
+            )
+        for namespace in namespaces:
+            # A namespace that does not exist (yet) gets its peering on a later start.
+            with contextlib.suppress(kube.ApiError):
+                self.api.create(
+                    kube.path("kopf.dev/v1", "kopfpeerings", namespace=namespace),
+                    {**body, "kind": "KopfPeering"},
+                    exist_ok=True,
                 )
-            for namespace in namespaces:
-                with contextlib.suppress(ApiException):
-                    self.custom.create_namespaced_custom_object(
-                        "kopf.dev", "v1", namespace, "kopfpeerings", {**body, "kind": "KopfPeering"}
-                    )
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
 
     def crd_exists(self, name: str) -> bool:
-        try:
-            self.ext.read_custom_resource_definition(name, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return self.api.get(f"{kube.client.CRD_PATH}/{name}", metadata_only=True) is not None
 
     # --- events -----------------------------------------------------------------------------
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on ``involved`` (an object's JSON); failures to post are not fatal."""
-        meta = involved.get("metadata", {})
-        now = datetime.now(UTC)
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name', 'agentops')}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": involved.get("apiVersion"),
-                "kind": involved.get("kind"),
-                "name": meta.get("name"),
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": FIELD_MANAGER},
-            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "count": 1,
-        }
-        # An Event is a courtesy; never fail a reconciliation because it could not be posted.
-        with contextlib.suppress(ApiException):
-            self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)  # type: ignore[arg-type]
+        self.api.post_event(involved, type_, reason, message, component=FIELD_MANAGER)

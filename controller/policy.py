@@ -14,13 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from contracts.resources import AgentPolicy, Budget, ClusterAgentPolicy
-from policies._effective import EffectivePolicy, PolicyIndex
-
-_LIMIT_FIELDS = {
-    "maxTokensPerCall": "max_tokens_per_call",
-    "maxConcurrentTasks": "max_concurrent_tasks",
-    "timeoutSeconds": "timeout_seconds",
-}
+from policies.effective import LIMIT_ATTRS, EffectivePolicy, PolicyIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +72,9 @@ class PolicyCache:
         ceiling = policy.replicas_max
         budget = policy.budget
         defaults = {
-            _LIMIT_FIELDS[name]: value
+            LIMIT_ATTRS[name]: value
             for name, (value, _max, _source) in policy.limits.items()
-            if value is not None and name in _LIMIT_FIELDS
+            if value is not None and name in LIMIT_ATTRS
         }
         return AgentPolicyView(
             replicas_max=ceiling.value if ceiling else None,

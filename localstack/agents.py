@@ -45,17 +45,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+import httpx
 
+import kube
+import kube.config
 from contracts.resources import GROUP, LABEL_AGENT, VERSION
-from localstack import _kube
 
 logger = logging.getLogger("localstack.agents")
 
@@ -99,22 +98,19 @@ class Replica:
     waiting_reason: str | None = None
 
 
-def ensure_api_key_secret(api: client.ApiClient, namespace: str, name: str = API_KEY_SECRET) -> bool:
+def ensure_api_key_secret(api: kube.Client, namespace: str, name: str = API_KEY_SECRET) -> bool:
     """Store ``ANTHROPIC_API_KEY`` in Secret ``name``; False (nothing done) when the variable is unset."""
     key = os.environ.get("ANTHROPIC_API_KEY")
     if not key:
         return False
-    core = client.CoreV1Api(api)
-    body = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=name, namespace=namespace),
-        string_data={API_KEY_SECRET_KEY: key},
-    )
-    try:
-        core.create_namespaced_secret(namespace, body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        core.replace_namespaced_secret(name, namespace, body)
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {API_KEY_SECRET_KEY: key},
+    }
+    if api.create(kube.path("v1", "secrets", namespace=namespace), body, exist_ok=True) is None:
+        api.replace(kube.path("v1", "secrets", name, namespace=namespace), body)
     return True
 
 
@@ -122,14 +118,12 @@ class Launcher:
     """Reconciles local processes with the agent Pods in the API; one :meth:`sync` per poll."""
 
     def __init__(
-        self, api: client.ApiClient, namespace: str | None, workdir: Path, python: str = sys.executable
+        self, api: kube.Client, namespace: str | None, workdir: Path, python: str = sys.executable
     ) -> None:
-        self.core = client.CoreV1Api(api)
         self.namespace = namespace
         self.workdir = workdir
         self.python = python
         self.replicas: dict[str, Replica] = {}
-        self.custom = client.CustomObjectsApi(api)
         self.api = api
         #: Namespaces that already hold the API key Secret (only with ANTHROPIC_API_KEY set).
         self.keyed_namespaces: set[str] = set()
@@ -140,14 +134,8 @@ class Launcher:
         """With ANTHROPIC_API_KEY set: the key Secret in every namespace that has agents."""
         if not os.environ.get("ANTHROPIC_API_KEY"):
             return
-        listed: Any
-        if self.namespace:
-            listed = self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, "agentdeployments"
-            )
-        else:
-            listed = self.custom.list_cluster_custom_object(GROUP, VERSION, "agentdeployments")
-        for item in listed.get("items", []):
+        agents = kube.path(f"{GROUP}/{VERSION}", "agentdeployments", namespace=self.namespace)
+        for item in self.api.list_items(agents, metadata_only=True):
             ns = item["metadata"]["namespace"]
             if ns not in self.keyed_namespaces:
                 ensure_api_key_secret(self.api, ns)
@@ -155,27 +143,23 @@ class Launcher:
                 logger.info("stored ANTHROPIC_API_KEY in Secret %s/%s", ns, API_KEY_SECRET)
 
     def sync(self) -> None:
-        pods: Any
-        if self.namespace:
-            pods = self.core.list_namespaced_pod(self.namespace, label_selector=LABEL_AGENT)
-        else:
-            pods = self.core.list_pod_for_all_namespaces(label_selector=LABEL_AGENT)
-        live: dict[str, Any] = {}
-        for pod in pods.items:
-            if pod.metadata.deletion_timestamp is not None:
+        pods = self.api.list_items(
+            kube.path("v1", "pods", namespace=self.namespace), label_selector=LABEL_AGENT
+        )
+        live: dict[str, dict[str, Any]] = {}
+        for pod in pods:
+            if pod["metadata"].get("deletionTimestamp") is not None:
                 continue
-            live[pod.metadata.uid] = pod
+            live[pod["metadata"]["uid"]] = pod
         for uid in list(self.replicas):
             if uid not in live:
                 self._stop(self.replicas.pop(uid))
         for uid, pod in live.items():
             replica = self.replicas.get(uid)
             if replica is None:
+                meta = pod["metadata"]
                 replica = Replica(
-                    pod.metadata.namespace,
-                    pod.metadata.name,
-                    uid,
-                    self.workdir / f"{pod.metadata.name}-{uid[:8]}",
+                    meta["namespace"], meta["name"], uid, self.workdir / f"{meta['name']}-{uid[:8]}"
                 )
                 self.replicas[uid] = replica
             self._tend(replica, pod)
@@ -187,7 +171,7 @@ class Launcher:
 
     # --- one replica ------------------------------------------------------------------------
 
-    def _tend(self, replica: Replica, pod: Any) -> None:
+    def _tend(self, replica: Replica, pod: dict[str, Any]) -> None:
         proc = replica.process
         if proc is not None and proc.poll() is not None:
             logger.warning(
@@ -210,12 +194,12 @@ class Launcher:
         if ready != replica.reported_ready:
             self._report(replica, ready)
 
-    def _start(self, replica: Replica, pod: Any) -> None:
-        container = pod.spec.containers[0]
+    def _start(self, replica: Replica, pod: dict[str, Any]) -> None:
+        container = pod["spec"]["containers"][0]
         mounts = self._write_volumes(replica, pod)
         env: dict[str, str] = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
-        for var in container.env or []:
-            env[var.name] = self._resolve(pod, var)
+        for var in container.get("env") or []:
+            env[var["name"]] = self._resolve(pod, var)
         for mount_path, local in mounts.items():
             for key, value in env.items():
                 if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
@@ -244,38 +228,34 @@ class Launcher:
             replica.port,
         )
 
-    @staticmethod
-    def _key_of(kind: str, read: Callable[[str, str], Any], ref: Any, namespace: str, env: str) -> str:
+    def _key_of(self, plural: str, ref: dict[str, Any], namespace: str, env: str) -> str:
         """One key of a Secret or ConfigMap; a missing object or key waits, as a kubelet would."""
-        try:
-            obj = read(ref.name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise NotReadyToStart(f"{kind} {ref.name!r} not found (env {env})") from None
-            raise
-        value = (obj.data or {}).get(ref.key)
+        kind = "Secret" if plural == "secrets" else "ConfigMap"
+        obj = self.api.get(kube.path("v1", plural, ref["name"], namespace=namespace))
+        if obj is None:
+            raise NotReadyToStart(f"{kind} {ref['name']!r} not found (env {env})")
+        value = (obj.get("data") or {}).get(ref["key"])
         if value is None:
-            raise NotReadyToStart(f"{kind} {ref.name!r} has no key {ref.key!r} (env {env})")
+            raise NotReadyToStart(f"{kind} {ref['name']!r} has no key {ref['key']!r} (env {env})")
         return str(value)
 
-    def _resolve(self, pod: Any, var: Any) -> str:
-        if var.value_from is None:
-            return str(var.value or "")
-        source = var.value_from
-        ns = pod.metadata.namespace
-        if source.secret_key_ref is not None:
-            ref = source.secret_key_ref
-            data = self._key_of("Secret", self.core.read_namespaced_secret, ref, ns, var.name)
+    def _resolve(self, pod: dict[str, Any], var: dict[str, Any]) -> str:
+        source = var.get("valueFrom")
+        if source is None:
+            return str(var.get("value") or "")
+        meta = pod["metadata"]
+        ns = meta["namespace"]
+        if source.get("secretKeyRef") is not None:
+            data = self._key_of("secrets", source["secretKeyRef"], ns, var["name"])
             return base64.b64decode(data).decode()
-        if source.config_map_key_ref is not None:
-            ref = source.config_map_key_ref
-            return self._key_of("ConfigMap", self.core.read_namespaced_config_map, ref, ns, var.name)
-        if source.field_ref is not None:
-            path = source.field_ref.field_path
+        if source.get("configMapKeyRef") is not None:
+            return self._key_of("configmaps", source["configMapKeyRef"], ns, var["name"])
+        if source.get("fieldRef") is not None:
+            path = source["fieldRef"]["fieldPath"]
             fields = {
-                "metadata.name": pod.metadata.name,
+                "metadata.name": meta["name"],
                 "metadata.namespace": ns,
-                "metadata.uid": pod.metadata.uid,
+                "metadata.uid": meta["uid"],
                 "status.podIP": "127.0.0.1",
                 "status.hostIP": "127.0.0.1",
                 "spec.nodeName": "localhost",
@@ -283,30 +263,29 @@ class Launcher:
             if path not in fields:
                 raise NotReadyToStart(f"fieldRef {path!r} is not supported by the local launcher")
             return str(fields[path])
-        raise NotReadyToStart(f"env {var.name}: unsupported valueFrom")
+        raise NotReadyToStart(f"env {var['name']}: unsupported valueFrom")
 
-    def _write_volumes(self, replica: Replica, pod: Any) -> dict[str, Path]:
+    def _write_volumes(self, replica: Replica, pod: dict[str, Any]) -> dict[str, Path]:
         """ConfigMap volumes as files; returns mount path -> local directory."""
-        volumes = {v.name: v for v in pod.spec.volumes or []}
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
         out: dict[str, Path] = {}
-        for mount in pod.spec.containers[0].volume_mounts or []:
-            volume = volumes.get(mount.name)
-            if volume is None or volume.config_map is None:
+        for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+            source = (volumes.get(mount["name"]) or {}).get("configMap")
+            if source is None:
                 continue
-            try:
-                cm = self.core.read_namespaced_config_map(volume.config_map.name, pod.metadata.namespace)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise NotReadyToStart(f"ConfigMap {volume.config_map.name!r} not found") from None
-                raise
-            data = cm.data or {}
-            items = volume.config_map.items or [client.V1KeyToPath(key=k, path=k) for k in data]
-            target = replica.directory / "volumes" / mount.name
+            cm = self.api.get(
+                kube.path("v1", "configmaps", source["name"], namespace=pod["metadata"]["namespace"])
+            )
+            if cm is None:
+                raise NotReadyToStart(f"ConfigMap {source['name']!r} not found")
+            data = cm.get("data") or {}
+            items = source.get("items") or [{"key": k, "path": k} for k in data]
+            target = replica.directory / "volumes" / mount["name"]
             target.mkdir(parents=True, exist_ok=True)
             for item in items:
-                if item.key in data:
-                    (target / item.path).write_text(data[item.key])
-            out[mount.mount_path] = target
+                if item["key"] in data:
+                    (target / item["path"]).write_text(data[item["key"]])
+            out[mount["mountPath"]] = target
         return out
 
     @staticmethod
@@ -352,8 +331,8 @@ class Launcher:
             ],
         }
         try:
-            self.core.patch_namespaced_pod_status(replica.name, replica.namespace, {"status": status})
-        except ApiException as exc:
+            self.api.patch_status(kube.path("v1", "pods", replica.name, namespace=replica.namespace), status)
+        except kube.ApiError as exc:
             if exc.status != 404:
                 logger.warning("cannot update %s/%s status: %s", replica.namespace, replica.name, exc.reason)
             return
@@ -389,19 +368,23 @@ def run_local_agents(
     Synchronous on purpose (one thread, blocking client calls); run it in a thread next to
     anything asynchronous.  Every process it started is stopped before it returns.
     """
-    api = _kube.api_client(kubeconfig)
+    api = kube.Client(kube.config.from_kubeconfig(kubeconfig), user_agent="agentops-local-agents")
     launcher = Launcher(api, namespace, workdir, python=python)
     try:
         while not stop.is_set():
             try:
                 launcher.ensure_api_key_secrets()
                 launcher.sync()
-            except (ApiException, OSError) as exc:  # API server restarting: try again shortly
+            except (
+                kube.ApiError,
+                httpx.HTTPError,
+                OSError,
+            ) as exc:  # API server restarting: try again shortly
                 logger.warning("local agents: %s", exc)
             stop.wait(poll_seconds)
     finally:
         launcher.stop_all()
-        api.close()  # type: ignore[no-untyped-call]
+        api.close()
 
 
 def main(argv: list[str] | None = None) -> int:

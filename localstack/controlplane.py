@@ -38,6 +38,8 @@ from typing import Any
 
 import yaml
 
+import kube
+import kube.config
 from localstack import _process
 from localstack._pki import FRONT_PROXY_CLIENT, NODE_IP, SERVICE_CLUSTER_IP_RANGE, Pki, ensure_pki
 from localstack._process import PidFile, StartError
@@ -57,6 +59,8 @@ SOURCE_DIR = Path(__file__).parent / "kcp"
 KUBERNETES_VERSION = "v1.33.13"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
 _START_ATTEMPTS = 3
+#: Server-side apply field manager of everything the local stack installs (CRDs, samples).
+FIELD_MANAGER = "agentops-local"
 _VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
 #: ``-s -w`` drops debug information (a smaller binary, a faster link).  The ``-X`` flags
 #: stamp the release, as Kubernetes' own build does: without them the server reports
@@ -248,11 +252,10 @@ class ControlPlane:
         ssl_ctx = _client_ssl(pki)
         self._wait("kube-apiserver", lambda: _http_ok(f"{self.server}/readyz", ssl_ctx), deadline)
         if crds:
-            from localstack import _kube  # the kubernetes client is slow to import; only load it when used
-
-            _kube.install_crds(
-                _kube.api_client(self.kubeconfig), crds, timeout=max(deadline - time.monotonic(), 5)
-            )
+            with kube.Client(kube.config.from_kubeconfig(self.kubeconfig)) as api:
+                api.install_crds(
+                    crds, field_manager=FIELD_MANAGER, timeout=max(deadline - time.monotonic(), 5)
+                )
 
         kcm_kubeconfig = self.workdir / "controller-manager.kubeconfig"
         self._write_kubeconfig(

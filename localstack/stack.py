@@ -35,14 +35,16 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
-from localstack import _kube, _process
+import kube
+import kube.config
+from localstack import _process
 from localstack._process import PidFile, StartError
 from localstack.agents import API_KEY_SECRET
-from localstack.controlplane import ControlPlane
+from localstack.controlplane import FIELD_MANAGER, ControlPlane
 from localstack.crds import CRD_DIR
 from localstack.redis_server import FALLBACK_BINARY, RedisServer
 
@@ -59,6 +61,15 @@ def default_state_dir() -> Path:
     if (REPO_ROOT / "pyproject.toml").exists():
         return REPO_ROOT / ".local"
     return Path.cwd() / ".local"
+
+
+def load_manifests(path: Path) -> list[dict[str, Any]]:
+    """Every object in a YAML file (documents separated by ``---``; empty documents skipped)."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for doc in docs:
+        if not isinstance(doc, dict) or "apiVersion" not in doc or "kind" not in doc:
+            raise ValueError(f"{path}: every document must be a Kubernetes object with apiVersion and kind")
+    return cast(list[dict[str, Any]], docs)
 
 
 def say(message: str) -> None:
@@ -256,17 +267,14 @@ class LocalStack:
                 redis.start()
                 say(f"redis ready at {redis.url}")
             info = self.info()
-            api = _kube.api_client(info.kubeconfig)
-            try:
+            with kube.Client(kube.config.from_kubeconfig(info.kubeconfig)) as api:
                 crds = [yaml.safe_load(p.read_text()) for p in sorted(CRD_DIR.glob("*.yaml"))]
-                _kube.install_crds(api, crds)
+                api.install_crds(crds, field_manager=FIELD_MANAGER)
                 say(f"installed {len(crds)} CRDs")
                 for component in self.components:
                     self._start_component(component, info)
                 if samples:
                     self._apply_samples(api)
-            finally:
-                api.close()  # type: ignore[no-untyped-call]
         say(f"up in {time.monotonic() - started:.1f}s")
         return info
 
@@ -300,12 +308,12 @@ class LocalStack:
         )
         say(f"{component.name} ready")
 
-    def _apply_samples(self, api: Any) -> None:
-        objects = [obj for path in sorted(SAMPLES_DIR.glob("*.yaml")) for obj in _kube.load_manifests(path)]
+    def _apply_samples(self, api: kube.Client) -> None:
+        objects = [obj for path in sorted(SAMPLES_DIR.glob("*.yaml")) for obj in load_manifests(path)]
         order = {kind: i for i, kind in enumerate(_KIND_ORDER)}
         objects.sort(key=lambda obj: order.get(obj["kind"], len(order)))
         for obj in objects:
-            _kube.apply(api, [obj], namespace="default")
+            api.apply(obj, field_manager=FIELD_MANAGER, namespace="default")
             say(f"applied {obj['kind']} {obj['metadata']['name']}")
 
     def down(self) -> list[str]:

@@ -1,9 +1,12 @@
 """The admission policy engine: the rules a platform team's policies impose, and nothing else.
 
-Owns: merging ClusterAgentPolicies and AgentPolicies into the effective policy for an object,
-the rules each kind must pass (limits, ceilings, models, prompts, pipelines, policies
-themselves), the defaults mutation fills in, the prompt audit stamps, and the sorting of
-findings into deny, warn and audit by mode and ratchet.
+Owns: merging ClusterAgentPolicies and AgentPolicies into the effective policy for an object
+(``effective``, ``selectors``), the rules each kind must pass (``rules``: limits, ceilings,
+models, prompts, pipelines, policies themselves, revisions, scale), the defaults mutation fills
+in and its JSON patch (``patch``), the prompt audit stamps (``stamps``), the sorting of findings
+into deny, warn and audit by mode and ratchet (``verdict``), the engine's request and decision
+types (``review``) and their AdmissionReview encoding (``admission``).  ``engine`` is the entry
+point: ``mutate``, ``validate``, ``effective_policy``.
 
 May import: :mod:`contracts`.  No I/O: no network, no files, no clocks the caller cannot pass in.
 """

@@ -1,7 +1,7 @@
 """AdmissionReview v1 in and out, as pure functions the webhook server wraps.
 
 :func:`parse_admission_review` turns the JSON body the API server posts into an
-:class:`~policies.engine.AdmissionRequest`, raising :class:`MalformedReview` with a message
+:class:`~policies.review.AdmissionRequest`, raising :class:`MalformedReview` with a message
 naming what is missing or wrong (the webhook answers those with HTTP 400).
 :func:`review_response` builds the response: ``allowed``, admission ``warnings`` (kubectl prints
 them), the JSON patch base64-encoded with ``patchType: JSONPatch``, ``status`` 403 with the
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from policies.engine import AdmissionRequest, Decision, UserInfo
+from policies.review import AdmissionRequest, Decision, UserInfo
 
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
 OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})

@@ -4,7 +4,7 @@ The contract (other suites depend on exactly these names and types):
 
 - ``control_plane`` (session): a started :class:`localstack.controlplane.ControlPlane` with every CRD
   in ``deploy/crds/`` applied and Established.
-- ``k8s_api`` (session): a ``kubernetes.client.ApiClient`` authenticated as the cluster admin.
+- ``k8s_api`` (session): a :class:`kube.Client` authenticated as the cluster admin.
 - ``namespace`` (function): a fresh namespace, deleted (without waiting) after the test.
 - ``kubectl`` (function): :class:`tests.support.kubectl.Kubectl` bound to the test namespace;
   ``cluster_kubectl`` (session): the same without a namespace, for cluster-scoped work.
@@ -34,9 +34,9 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
-from kubernetes import client
 
-from localstack import _kube
+import kube
+import kube.config
 from localstack.cluster import NodeCluster
 from localstack.controlplane import ControlPlane
 from localstack.crds import CRD_DIR
@@ -67,12 +67,11 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 
 @pytest.fixture(scope="session")
-def k8s_api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
-    api = _kube.api_client(control_plane.kubeconfig)
-    try:
+def k8s_api(control_plane: ControlPlane) -> Iterator[kube.Client]:
+    with kube.Client(
+        kube.config.from_kubeconfig(control_plane.kubeconfig), user_agent="agentops-tests"
+    ) as api:
         yield api
-    finally:
-        api.close()  # type: ignore[no-untyped-call]
 
 
 def _namespace_name(test_name: str) -> str:
@@ -82,15 +81,14 @@ def _namespace_name(test_name: str) -> str:
 
 
 @pytest.fixture
-def namespace(k8s_api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    core = client.CoreV1Api(k8s_api)
+def namespace(k8s_api: kube.Client, request: pytest.FixtureRequest) -> Iterator[str]:
     name = _namespace_name(request.node.name)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    k8s_api.create(kube.path("v1", "namespaces"), {"metadata": {"name": name}})
     try:
         yield name
     finally:
         # The namespace controller finishes the deletion in the background; nobody waits for it.
-        core.delete_namespace(name, propagation_policy="Background")
+        k8s_api.delete(kube.path("v1", "namespaces", name), propagation="Background")
 
 
 @pytest.fixture(scope="session")

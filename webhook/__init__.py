@@ -1,4 +1,4 @@
-"""The admission webhook: FastAPI on uvicorn over TLS, gating every change to an agentops resource.
+"""The admission webhook: Starlette on uvicorn over TLS, gating every change to an agentops resource.
 
 Owns: ``/mutate`` and ``/validate`` (AdmissionReview v1), ``/healthz``, ``/readyz``, ``/metrics``,
 and the in-memory cache of policy objects fed by a watch (no API call per admission).
@@ -9,9 +9,10 @@ Modules, in the order a request meets them:
 - :mod:`webhook.app` — the ASGI app: parse, complete from the cache, decide (in :mod:`policies`),
   answer; malformed input is a 400, any failure a deny (fail closed);
 - :mod:`webhook.cache` — list+watch of policies, agents and namespaces into immutable snapshots;
-- :mod:`webhook.metrics`, :mod:`webhook.jsonlog` — Prometheus metrics and JSON logs;
+- :mod:`webhook.metrics` — Prometheus metrics (logs are :mod:`contracts.logline` JSON lines);
 - :mod:`webhook.registration` — the Mutating/ValidatingWebhookConfigurations (manifests and local);
 - ``python -m webhook`` (:mod:`webhook.__main__`) — certificates, registration, serving.
 
-May import: :mod:`policies` (every decision is made there) and :mod:`certs`.
+May import: :mod:`contracts` (the resource model, the log line), :mod:`policies` (every decision is
+made there), :mod:`certs` and :mod:`kube`.
 """

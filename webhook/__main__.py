@@ -45,10 +45,12 @@ from typing import Any
 
 import uvicorn
 
-from certs.__main__ import add_cert_arguments, add_kube_arguments, manager_from_args, positive_float
+import kube
+from certs.cli import add_cert_arguments, manager_from_args, positive_float
+from contracts import logline
+from kube.cli import add_kube_arguments, connection_from_args
 from webhook.app import create_app
 from webhook.cache import ClusterPolicyCache
-from webhook.jsonlog import configure_logging
 from webhook.metrics import WebhookMetrics
 from webhook.registration import DEFAULT_NAME, ClientConfig, configurations, parse_label, register, unregister
 from webhook.tls import ReloadingTLS
@@ -94,30 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
-    if not (args.kubeconfig or args.in_cluster):
-        print(
-            "error: give --kubeconfig PATH or --in-cluster (the policy cache watches the API server)",
-            file=sys.stderr,
-        )
+    logline.configure(args.log_level)
+    try:
+        connection = connection_from_args(args)
+    except kube.ConfigError as exc:
+        print(f"error: {exc} (the policy cache watches the API server)", file=sys.stderr)
         return 2
-    from kubernetes import client
-
-    from certs.kube import configuration
-
-    kube_cfg = configuration(args.kubeconfig, in_cluster=args.in_cluster)
-    admission_api = client.AdmissionregistrationV1Api(client.ApiClient(kube_cfg))
+    api = kube.Client(connection, user_agent="agentops-webhook")
 
     # Certificates first: with --register-url the configurations do not exist yet, so injection
     # is switched on only after registering them.
     register_names = (args.mutating, args.validating)
     if args.register_url:
         args.mutating, args.validating = [], []
-    manager = manager_from_args(args)
+    manager = manager_from_args(args, api)
     try:
         bundle = manager.ensure()
-    except Exception as exc:
-        status = getattr(exc, "status", None)
+    except kube.ApiError as exc:
+        status = exc.status
         if status not in (401, 403, 404):
             raise
         hint = {
@@ -132,10 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.register_url:
         client_config = ClientConfig(url=args.register_url, ca_bundle=bundle.trusted_pem)
         register(
-            admission_api,
-            configurations(client_config, name=args.registration_name, scope_label=args.scope_label),
+            api, configurations(client_config, name=args.registration_name, scope_label=args.scope_label)
         )
-        manager.admission_api = admission_api
+        manager.api = api
         manager.mutating = [*register_names[0], args.registration_name]
         manager.validating = [*register_names[1], args.registration_name]
 
@@ -153,10 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_handshake=metrics.tls_handshakes.inc,
     )
     metrics.cert_expiry.set(tls.current_certificate().not_valid_after_utc.timestamp())
-    cache = ClusterPolicyCache(kube_cfg, on_change=metrics.cache_sizes)
+    cache = ClusterPolicyCache(connection, on_change=metrics.cache_sizes)
     lifecycle: list[Any] = [cache]
     if args.unregister_on_exit and args.register_url:
-        lifecycle.insert(0, Unregistration(admission_api, args.registration_name))
+        lifecycle.insert(0, Unregistration(api, args.registration_name))
     drain = threading.Event()
     app = create_app(cache, metrics=metrics, lifecycle=lifecycle, draining=drain.is_set)
 
@@ -237,8 +232,8 @@ class Unregistration:
     terminating signal; a ``finally`` after ``Server.run`` would never be reached on SIGTERM.
     """
 
-    def __init__(self, admission_api: Any, name: str) -> None:
-        self._api, self._name = admission_api, name
+    def __init__(self, api: kube.Client, name: str) -> None:
+        self._api, self._name = api, name
 
     async def start(self) -> None:
         return None

@@ -1,8 +1,8 @@
 """The webhook's ASGI application: admission endpoints, health, readiness and metrics.
 
-``/mutate`` and ``/validate`` are a bare ASGI handler in front of a FastAPI app that serves the rest
-(health, readiness, metrics, lifespan): the admission path is called twice per create, and skipping
-FastAPI's middleware and routing there is measurably cheaper (docs/webhook.md, "Benchmarks").
+``/mutate`` and ``/validate`` are a bare ASGI handler in front of a Starlette app that serves the
+rest (health, readiness, metrics, lifespan, 404): the admission path is called twice per create, and
+skipping the middleware and routing there is measurably cheaper (docs/webhook.md, "Benchmarks").
 
 Request flow for ``POST /mutate`` and ``POST /validate``:
 
@@ -32,13 +32,18 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.resources import LabelSelector
 from policies.admission import MalformedReview, error_response, parse_admission_review, review_response
@@ -63,12 +68,6 @@ class Lifecycle(Protocol):
 
     async def stop(self) -> None: ...
 
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: An answer: HTTP status and the JSON body, already serialised.
 Answer = tuple[int, bytes]
@@ -207,6 +206,12 @@ def _never() -> bool:
     return False
 
 
+async def _http_error(_: Request, exc: Exception) -> Response:
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only
+        raise exc
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
 def create_app(
     source: PolicySource,
     *,
@@ -221,7 +226,7 @@ def create_app(
     metrics = metrics or WebhookMetrics()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
         for item in lifecycle:
             await item.start()
         try:
@@ -230,11 +235,31 @@ def create_app(
             for item in reversed(lifecycle):
                 await item.stop()
 
-    app = FastAPI(
-        title="agentops admission webhook", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(_: Request) -> Response:
+        if draining():
+            return PlainTextResponse("shutting down", status_code=503)
+        if source.synced:
+            return PlainTextResponse("ok")
+        return PlainTextResponse("policy cache not synced yet", status_code=503)
+
+    async def metrics_endpoint(_: Request) -> Response:
+        metrics.cache_synced.set(1 if source.synced else 0)
+        metrics.cache_sizes(source.sizes())
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        # Errors (404, 405) as JSON with ``detail``, like the admission paths' own 405.
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
     )
-    app.state.metrics = metrics
-    app.state.source = source
 
     async def admit(endpoint: Endpoint, scope: Scope, receive: Receive) -> Answer:
         started = time.perf_counter()
@@ -342,10 +367,10 @@ def create_app(
     routes: dict[str, Endpoint] = {"/mutate": "mutate", "/validate": "validate"}
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        # The admission hot path is a bare ASGI handler in front of FastAPI: it needs none of the
-        # routing, middleware and exception machinery, and every bit of Python skipped counts
+        # The admission hot path is a bare ASGI handler in front of Starlette: it needs none of
+        # the routing, middleware and exception machinery, and every bit of Python skipped counts
         # twice per create (mutate + validate; measured in docs/webhook.md, "Benchmarks").
-        # Everything else (health, readiness, metrics, lifespan, 404) goes to FastAPI.
+        # Everything else (health, readiness, metrics, lifespan, 404) goes to Starlette.
         if draining() and scope["type"] == "http":
             send = _closing(send)
         endpoint = routes.get(scope["path"]) if scope["type"] == "http" else None
@@ -363,23 +388,5 @@ def create_app(
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return Response("ok", media_type="text/plain")
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        if draining():
-            return Response("shutting down", status_code=503, media_type="text/plain")
-        if source.synced:
-            return Response("ok", media_type="text/plain")
-        return Response("policy cache not synced yet", status_code=503, media_type="text/plain")
-
-    @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        metrics.cache_synced.set(1 if source.synced else 0)
-        metrics.cache_sizes(source.sizes())
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return asgi

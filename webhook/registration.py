@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import kube
 from contracts.resources import GROUP, RESOURCE_BY_PLURAL, VERSION, Resource
 
 log = logging.getLogger(__name__)
@@ -155,50 +156,37 @@ def configurations(
     return mutating, validating
 
 
-def _status(exc: Exception) -> int | None:
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
+_PLURALS = {
+    "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
+    "ValidatingWebhookConfiguration": "validatingwebhookconfigurations",
+}
 
 
-def register(admission_api: Any, configs: tuple[Mapping[str, Any], Mapping[str, Any]]) -> None:
-    """Create or replace both configurations (``admission_api``: AdmissionregistrationV1Api)."""
-    mutating, validating = configs
-    api = admission_api
-    pairs = (
-        (mutating, api.read_mutating_webhook_configuration, api.create_mutating_webhook_configuration,
-         api.replace_mutating_webhook_configuration),
-        (validating, api.read_validating_webhook_configuration, api.create_validating_webhook_configuration,
-         api.replace_validating_webhook_configuration),
-    )  # fmt: skip
-    for body, read, create, replace in pairs:
-        name = body["metadata"]["name"]
-        try:
-            current = read(name)
-        except Exception as exc:
-            if _status(exc) != 404:
-                raise
-            create(dict(body))
-            log.info("webhook configuration created", extra={"kind": body["kind"], "configuration": name})
+def _path(kind: str, name: str | None = None) -> str:
+    return kube.path("admissionregistration.k8s.io/v1", _PLURALS[kind], name)
+
+
+def register(api: kube.Client, configs: tuple[Mapping[str, Any], Mapping[str, Any]]) -> None:
+    """Create or replace both configurations."""
+    for body in configs:
+        kind, name = body["kind"], body["metadata"]["name"]
+        current = api.get(_path(kind, name))
+        if current is None:
+            api.create(_path(kind), body)
+            log.info("webhook configuration created", extra={"kind": kind, "configuration": name})
             continue
         updated = {
             **body,
-            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
+            "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
         }
-        replace(name, updated)
-        log.info("webhook configuration updated", extra={"kind": body["kind"], "configuration": name})
+        api.replace(_path(kind, name), updated)
+        log.info("webhook configuration updated", extra={"kind": kind, "configuration": name})
 
 
-def unregister(admission_api: Any, name: str = DEFAULT_NAME) -> None:
+def unregister(api: kube.Client, name: str = DEFAULT_NAME) -> None:
     """Delete both configurations; missing ones are fine."""
-    for delete in (
-        admission_api.delete_mutating_webhook_configuration,
-        admission_api.delete_validating_webhook_configuration,
-    ):
-        try:
-            delete(name)
-        except Exception as exc:
-            if _status(exc) != 404:
-                raise
+    for kind in _PLURALS:
+        api.delete(_path(kind, name))
 
 
 def parse_label(value: str) -> tuple[str, str]:

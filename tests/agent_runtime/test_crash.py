@@ -25,12 +25,13 @@ import redis.asyncio as aioredis
 from agent_runtime.settings import Settings
 from contracts.keys import client_results_stream, task_stream
 from contracts.streams import CONSUMER_GROUP, Result
-from tests.agent_runtime.conftest import entries, eventually, make_settings, spawn_worker, submit
-from tests.agent_runtime.fake_llm import FakeLLM
+from tests.support.fake_llm import FakeLLM
+from tests.support.runtime import entries, make_settings, spawn_worker, submit
+from tests.support.waiting import eventually_async
 
 
 @pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+def processes(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     try:
         yield started
@@ -39,33 +40,28 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+        # Shown by pytest only when the test failed.
+        for log in sorted(tmp_path.glob("*.log")):
+            print(f"--- {log.name} (tail) ---\n{tail(log)}")
 
 
 def tail(log: Path, size: int = 3000) -> str:
     return log.read_text()[-size:]
 
 
-async def wait_for_log(log: Path, text: str, proc: subprocess.Popen[bytes]) -> None:
+async def wait_for_log(log: Path, text: str) -> None:
     """Until the worker's log has a line containing ``text``."""
-
-    def logged() -> bool:
-        return text in log.read_text()
-
-    await eventually(f"{text!r} in {log} (worker exit status {proc.poll()})", logged)
+    await eventually_async(f"{text!r} in {log}", lambda: text in log.read_text())
 
 
 async def wait_ready(settings: Settings, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
     async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
+
+        async def ready() -> bool:
             assert proc.poll() is None, f"worker exited early:\n{tail(log)}"
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"worker not ready in 30 s:\n{tail(log)}")
+            return (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+
+        await eventually_async(f"worker {settings.config.worker_name} ready", ready, within=30, interval=0.05)
 
 
 def free_port() -> int:
@@ -77,12 +73,15 @@ def free_port() -> int:
 
 
 async def all_results(rdb: aioredis.Redis, ns: str, task_ids: set[str], within: float) -> list[Result]:
-    deadline = time.monotonic() + within
-    while True:
+    """Until every task of ``task_ids`` has a result; all results, in arrival order."""
+
+    async def complete() -> list[Result]:
         found = [Result.from_fields(f) for _, f in await entries(rdb, client_results_stream(ns, "test"))]
-        if {r.task_id for r in found} >= task_ids or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.05)
+        missing = task_ids - {r.task_id for r in found}
+        assert not missing, f"{len(missing)} of {len(task_ids)} tasks without a result"
+        return found
+
+    return await eventually_async("a result for every task", complete, within=within, interval=0.05)
 
 
 def worker_settings(
@@ -225,7 +224,7 @@ async def test_sigterm_finishes_in_flight_and_exits_0(
     task_ids = {await submit(rdb, ns, f"hold: task {i}") for i in range(3)}
     await llm.wait_held(3)
     proc.send_signal(signal.SIGTERM)
-    await wait_for_log(log, '"msg": "stopping: no new tasks"', proc)
+    await wait_for_log(log, '"message": "stopping: no new tasks"')
     # Stopped reading, but waiting for its three tasks: it cannot exit while they are held.
     assert proc.poll() is None, tail(log)
     assert await entries(rdb, client_results_stream(ns, "test")) == []
@@ -235,6 +234,6 @@ async def test_sigterm_finishes_in_flight_and_exits_0(
     assert {r.task_id for r in found} == task_ids
     assert all(r.status == "succeeded" for r in found)
     lines = tail(log, 100_000)
-    assert '"msg": "stopping: no new tasks", "worker": "graceful", "in_flight": 3' in lines
-    assert '"msg": "worker stopped"' in lines
+    assert '"message": "stopping: no new tasks", "worker": "graceful", "in_flight": 3' in lines
+    assert '"message": "worker stopped"' in lines
     assert "httpx" not in lines  # request lines of the HTTP clients are kept out of the log

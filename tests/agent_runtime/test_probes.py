@@ -10,8 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts.keys import budget_key, client_results_stream, task_stream
-from tests.agent_runtime.conftest import entries, eventually, make_settings, results, running, submit
-from tests.agent_runtime.fake_llm import PROBE_PROMPT, FakeLLM
+from tests.support.fake_llm import PROBE_PROMPT, FakeLLM
+from tests.support.runtime import entries, make_settings, results, running, submit
+from tests.support.waiting import eventually_async
 
 
 def semantic(redis_url: str, ns: str, llm: FakeLLM, **overrides: Any) -> dict[str, Any]:
@@ -61,7 +62,7 @@ async def test_unready_worker_takes_no_tasks_and_resumes(
     async with running(make_settings(redis_url, ns, llm, **semantic(redis_url, ns, llm))) as worker:
         url = f"http://127.0.0.1:{worker.http_port}"
         async with httpx.AsyncClient() as http:
-            await eventually("the first probe", lambda: worker.probe.ok is not None)
+            await eventually_async("the first probe", lambda: worker.probe.ok is not None)
             ready = await http.get(f"{url}/readyz")
             assert ready.status_code == 503
             body = ready.json()
@@ -75,7 +76,7 @@ async def test_unready_worker_takes_no_tasks_and_resumes(
             submitted = time.time()
             # A whole failing probe after the task was there: the read loop woke on its verdict (every
             # probe wakes it) with the task waiting, and left it unread.
-            await eventually(
+            await eventually_async(
                 "a probe started after the submission",
                 lambda: worker.probe.at is not None and worker.probe.at > submitted,
             )

@@ -20,8 +20,8 @@ from agent_runtime.providers import (
 )
 from agent_runtime.settings import Settings
 from contracts.runtime_env import ConfigError
-from tests.agent_runtime.conftest import REPO, make_settings, results, running, submit
-from tests.agent_runtime.fake_llm import FakeLLM
+from tests.support.fake_llm import FakeLLM
+from tests.support.runtime import REPO, make_settings, results, running, submit
 
 
 async def test_offline_provider_is_deterministic_and_answers_probes() -> None:

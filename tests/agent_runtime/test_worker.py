@@ -23,18 +23,18 @@ from contracts.keys import budget_key, client_results_stream, dead_letter_stream
 from contracts.prices import PriceTable
 from contracts.streams import CONSUMER_GROUP, MAX_PROMPT_BYTES, Result
 from localstack.redis_server import RedisServer
-from tests.agent_runtime.conftest import (
+from tests.support.fake_llm import FakeLLM
+from tests.support.runtime import (
     API_KEY,
     SYSTEM_PROMPT,
     entries,
-    eventually,
     group_settled,
     make_settings,
     results,
     running,
     submit,
 )
-from tests.agent_runtime.fake_llm import FakeLLM
+from tests.support.waiting import eventually_async
 
 
 async def test_success_reports_usage_cost_and_metrics(
@@ -47,7 +47,7 @@ async def test_success_reports_usage_cost_and_metrics(
         assert worker.http_port
         # The metrics count a task just after its result is committed.
         succeeded = worker.metrics.tasks.labels("succeeded")
-        await eventually("the task counted in the metrics", lambda: succeeded._value.get() == 1)
+        await eventually_async("the task counted in the metrics", lambda: succeeded._value.get() == 1)
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(f"http://127.0.0.1:{worker.http_port}/metrics")).text
 
@@ -187,7 +187,7 @@ async def test_concurrency_never_exceeds_the_limit(
         assert consumers[worker.name.encode()] == 3
         llm.release()  # the rest still overlap, 0.2 s each
         found = await results(rdb, ns, 16)
-        await eventually("the last slot freed", lambda: worker.in_flight == 0)
+        await eventually_async("the last slot freed", lambda: worker.in_flight == 0)
     assert all(r.status == "succeeded" for r in found)
     assert sorted(r.attempts for r in found) == [1] * 12 + [2] * 4
     # Measured at the server: the limit was reached and never exceeded.
@@ -210,6 +210,8 @@ async def test_bad_input_gets_failed_results_and_the_worker_survives(
         await rdb.xadd(stream, {"task_id": "nowhere", "prompt": "who reads this?"})
         good = await submit(rdb, ns, "still alive?")
         found = {r.task_id: r for r in await results(rdb, ns, 6)}
+        # "nowhere" has no reply stream: once every entry is acknowledged its dead letter is written.
+        await group_settled(rdb, ns)
         dead = await entries(rdb, dead_letter_stream(ns, "agent"))
 
     assert found[good].status == "succeeded"
@@ -355,7 +357,7 @@ async def test_redis_down_and_back(redis_server: RedisServer, redis_url: str, ns
             await results(rdb, ns, 1)
             await rdb.aclose()
             redis_server.stop()
-            await eventually("the worker noticing the outage", lambda: not worker.redis_ok)
+            await eventually_async("the worker noticing the outage", lambda: not worker.redis_ok)
             ok, body = await worker.health()
             assert not ok
             assert body["redis"].startswith("unreachable")
@@ -374,7 +376,7 @@ async def test_redis_down_and_back(redis_server: RedisServer, redis_url: str, ns
 async def test_logs_are_json_keyed_by_task_id_without_content_or_key(
     redis_url: str, rdb: aioredis.Redis, ns: str, llm: FakeLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from agent_runtime.logs import JsonFormatter
+    from contracts.logline import JsonLineFormatter, LogLine
 
     caplog.set_level(logging.INFO, logger="agent_runtime")
     async with running(make_settings(redis_url, ns, llm)):
@@ -383,8 +385,8 @@ async def test_logs_are_json_keyed_by_task_id_without_content_or_key(
     async with running(make_settings(redis_url, ns, llm, log_content=True)):
         with_content = await submit(rdb, ns, "a visible prompt")
         await results(rdb, ns, 2)
-    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
-    finished = {line["task_id"]: line for line in lines if line["msg"] == "task finished"}
+    lines = [LogLine.parse(JsonLineFormatter().format(r)).model_dump(mode="json") for r in caplog.records]
+    finished = {line["task_id"]: line for line in lines if line["message"] == "task finished"}
     assert finished[task_id]["status"] == "succeeded"
     assert "prompt" not in finished[task_id]
     assert "output" not in finished[task_id]

@@ -1,5 +1,5 @@
-"""``agentops task`` runs against a real worker: it needs the runtime tests' fake model and Redis."""
+"""``agentops task`` runs against a real worker: the fixtures of :mod:`tests.support.runtime`."""
 
-from tests.agent_runtime.conftest import fake_llm_server, llm, ns, rdb
+from tests.support.runtime import fake_llm_server, llm, ns, rdb
 
 __all__ = ["fake_llm_server", "llm", "ns", "rdb"]

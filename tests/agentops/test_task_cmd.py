@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from agentops import cli
 from contracts.keys import task_stream
-from tests.agent_runtime.conftest import entries, make_settings, running
+from tests.support.runtime import entries, make_settings, running
 
 
 async def test_submit_and_wait_prints_the_result(

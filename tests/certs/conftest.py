@@ -13,8 +13,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kubernetes import client
 
+import kube
 from certs.store import SecretRef
 from webhook.registration import ClientConfig, configurations, register, unregister
 
@@ -23,25 +23,19 @@ NOBODY = ("agentops.agentops.io/test-certs-none", "x")
 
 
 @pytest.fixture
-def empty_secret(k8s_api: client.ApiClient, namespace: str) -> SecretRef:
-    core = client.CoreV1Api(k8s_api)
-    core.create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="webhook-tls", labels=dict(MANIFEST_LABELS)), type="Opaque"
-        ),
+def empty_secret(k8s_api: kube.Client, namespace: str) -> SecretRef:
+    k8s_api.create(
+        kube.path("v1", "secrets", namespace=namespace),
+        {"metadata": {"name": "webhook-tls", "labels": dict(MANIFEST_LABELS)}, "type": "Opaque"},
     )
     return SecretRef(namespace, "webhook-tls")
 
 
 @pytest.fixture
-def inert_configurations(k8s_api: client.ApiClient) -> Iterator[str]:
-    admission = client.AdmissionregistrationV1Api(k8s_api)
+def inert_configurations(k8s_api: kube.Client) -> Iterator[str]:
     name = f"certs-test-{uuid.uuid4().hex[:8]}"
-    register(
-        admission, configurations(ClientConfig(url="https://127.0.0.1:1"), name=name, scope_label=NOBODY)
-    )
+    register(k8s_api, configurations(ClientConfig(url="https://127.0.0.1:1"), name=name, scope_label=NOBODY))
     try:
         yield name
     finally:
-        unregister(admission, name)
+        unregister(k8s_api, name)

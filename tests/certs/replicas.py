@@ -21,7 +21,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 import yaml
 from cryptography import x509
-from kubernetes import client, watch
 
+import kube
 from certs.store import SecretRef
 from webhook.registration import ClientConfig, configurations
 
@@ -85,19 +85,19 @@ def manifest_rules(
     return renamed(cluster_role["rules"]), role_rules
 
 
-def _wait_allowed(k8s_api: client.ApiClient, user: str, checks: Sequence[dict[str, str]]) -> None:
+def _wait_allowed(k8s_api: kube.Client, user: str, checks: Sequence[dict[str, str]]) -> None:
     """Until RBAC (whose informers lag a little) allows ``user`` everything in ``checks``."""
-    authz = client.AuthorizationV1Api(k8s_api)
     deadline = time.monotonic() + 20
     pending = list(checks)
     while pending:
         attrs = pending[0]
-        review = client.V1SubjectAccessReview(
-            spec=client.V1SubjectAccessReviewSpec(
-                user=user, resource_attributes=client.V1ResourceAttributes(**attrs)
-            )
-        )
-        if authz.create_subject_access_review(review).status.allowed:
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {"user": user, "resourceAttributes": attrs},
+        }
+        answer = k8s_api.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+        if answer["status"].get("allowed"):
             pending.pop(0)
             continue
         assert time.monotonic() < deadline, f"RBAC never allowed {user}: {attrs}"
@@ -106,7 +106,7 @@ def _wait_allowed(k8s_api: client.ApiClient, user: str, checks: Sequence[dict[st
 
 @contextlib.contextmanager
 def webhook_identity(
-    k8s_api: client.ApiClient,
+    k8s_api: kube.Client,
     control_plane: Any,
     secret: SecretRef,
     configuration: str,
@@ -117,17 +117,21 @@ def webhook_identity(
     """A kubeconfig with the token of a ServiceAccount ``agentops-webhook`` in the Secret's namespace,
     bound to exactly the manifest's webhook RBAC (as the manifest binds it); cluster objects
     removed after."""
-    core = client.CoreV1Api(k8s_api)
-    rbac = client.RbacAuthorizationV1Api(k8s_api)
+    rbac = "rbac.authorization.k8s.io/v1"
     namespace = secret.namespace
     cluster_rules, role_rules = manifest_rules(secret.name, configuration, secret_verbs)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": SERVICE_ACCOUNT}})
+    k8s_api.create(
+        kube.path("v1", "serviceaccounts", namespace=namespace), {"metadata": {"name": SERVICE_ACCOUNT}}
+    )
     user = f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"
     subject = [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": namespace}]
     cluster_name = f"agentops-webhook-{namespace}"
-    rbac.create_cluster_role({"metadata": {"name": cluster_name}, "rules": cluster_rules})
+    k8s_api.create(
+        kube.path(rbac, "clusterroles"), {"metadata": {"name": cluster_name}, "rules": cluster_rules}
+    )
     try:
-        rbac.create_cluster_role_binding(
+        k8s_api.create(
+            kube.path(rbac, "clusterrolebindings"),
             {
                 "metadata": {"name": cluster_name},
                 "roleRef": {
@@ -136,13 +140,14 @@ def webhook_identity(
                     "name": cluster_name,
                 },
                 "subjects": subject,
-            }
+            },
         )
-        rbac.create_namespaced_role(
-            namespace, {"metadata": {"name": "agentops-webhook-tls"}, "rules": role_rules}
+        k8s_api.create(
+            kube.path(rbac, "roles", namespace=namespace),
+            {"metadata": {"name": "agentops-webhook-tls"}, "rules": role_rules},
         )
-        rbac.create_namespaced_role_binding(
-            namespace,
+        k8s_api.create(
+            kube.path(rbac, "rolebindings", namespace=namespace),
             {
                 "metadata": {"name": "agentops-webhook-tls"},
                 "roleRef": {
@@ -166,13 +171,12 @@ def webhook_identity(
             ]
             + [{"resource": "namespaces", "verb": "watch"}],
         )
-        token = core.create_namespaced_service_account_token(
-            SERVICE_ACCOUNT,
-            namespace,
-            client.AuthenticationV1TokenRequest(
-                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
-            ),
-        ).status.token
+        token = k8s_api.request(
+            "POST",
+            kube.path("v1", "serviceaccounts", SERVICE_ACCOUNT, namespace=namespace, subresource="token"),
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+             "spec": {"audiences": [], "expirationSeconds": 3600}},
+        )["status"]["token"]  # fmt: skip
         kubeconfig = yaml.safe_load(control_plane.kubeconfig.read_text())
         kubeconfig["users"] = [{"name": SERVICE_ACCOUNT, "user": {"token": token}}]
         for context in kubeconfig["contexts"]:
@@ -182,9 +186,8 @@ def webhook_identity(
         path.chmod(0o600)
         yield path
     finally:
-        for delete in (rbac.delete_cluster_role_binding, rbac.delete_cluster_role):
-            with contextlib.suppress(client.ApiException):
-                delete(cluster_name)
+        for plural in ("clusterrolebindings", "clusterroles"):
+            k8s_api.delete(kube.path(rbac, plural, cluster_name))
 
 
 # --- configurations -----------------------------------------------------------------------------------
@@ -343,21 +346,23 @@ def running_replicas(
 # --- write history ---------------------------------------------------------------------------------
 
 
-def writes_since(list_call: Callable[..., Any], name: str, since: str, until: str, *args: Any) -> int:
-    """How many times object ``name`` was written after resourceVersion ``since``, up to ``until``.
+def writes_since(api: kube.Client, path: str, since: str, until: str) -> int:
+    """How many times the object at ``path`` was written after resourceVersion ``since``, up to ``until``.
 
     Replays the API server's watch from ``since`` (its watch cache keeps recent history) until the
     event carrying ``until`` arrives; bounded by a 10 s server-side timeout.
     """
     if since == until:
         return 0
-    stream = watch.Watch()
-    events = stream.stream(
-        list_call, *args, field_selector=f"metadata.name={name}", resource_version=since, timeout_seconds=10
-    )
-    for count, event in enumerate(events, start=1):
-        assert event["type"] != "ERROR", f"watch from {since} failed: {event['raw_object']}"
-        if event["object"].metadata.resource_version == until:
-            stream.stop()
-            return count
+    collection, name = path.rsplit("/", 1)
+    count = 0
+    with api.watch(
+        collection, field_selector=f"metadata.name={name}", resource_version=since, timeout_seconds=10
+    ) as events:
+        for event in events:
+            if event["type"] == "BOOKMARK":
+                continue
+            count += 1
+            if event["object"]["metadata"]["resourceVersion"] == until:
+                return count
     raise AssertionError(f"the watch of {name} never reached resourceVersion {until} (from {since})")

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from kubernetes import client
 
+import kube
 from certs.authority import (
     CertBundle,
     Hosts,
@@ -163,33 +163,35 @@ def test_a_corrupt_directory_is_regenerated_not_served(tmp_path: Path) -> None:
 # --- against the real API server --------------------------------------------------------------------
 
 
-def test_secret_round_trip_and_conflict(k8s_api: client.ApiClient, empty_secret: SecretRef) -> None:
-    core = client.CoreV1Api(k8s_api)
-    assert read_secret(core, empty_secret)[0] is None
+def test_secret_round_trip_and_conflict(k8s_api: kube.Client, empty_secret: SecretRef) -> None:
+    assert read_secret(k8s_api, empty_secret)[0] is None
     bundle = fresh_bundle()
-    _, version = read_secret(core, empty_secret)
-    write_secret(core, empty_secret, bundle, version)
-    stored, _ = read_secret(core, empty_secret)
+    _, version = read_secret(k8s_api, empty_secret)
+    write_secret(k8s_api, empty_secret, bundle, version)
+    stored, _ = read_secret(k8s_api, empty_secret)
     assert stored == bundle
     # A writer holding the old resourceVersion loses instead of overwriting.
     with pytest.raises(SecretConflict):
-        write_secret(core, empty_secret, fresh_bundle(), version)
-    assert read_secret(core, empty_secret)[0] == bundle
+        write_secret(k8s_api, empty_secret, fresh_bundle(), version)
+    assert read_secret(k8s_api, empty_secret)[0] == bundle
 
 
 def test_two_replicas_converge_on_one_bundle(
-    k8s_api: client.ApiClient, empty_secret: SecretRef, tmp_path: Path
+    k8s_api: kube.Client, empty_secret: SecretRef, tmp_path: Path
 ) -> None:
-    core = client.CoreV1Api(k8s_api)
-    first = CertManager(cert_dir=tmp_path / "a", hosts=Hosts.local(), secret=empty_secret, core_v1=core)
-    second = CertManager(cert_dir=tmp_path / "b", hosts=Hosts.local(), secret=empty_secret, core_v1=core)
+    first = CertManager(cert_dir=tmp_path / "a", hosts=Hosts.local(), secret=empty_secret, api=k8s_api)
+    second = CertManager(cert_dir=tmp_path / "b", hosts=Hosts.local(), secret=empty_secret, api=k8s_api)
     a = first.ensure()
     b = second.ensure()
     assert a == b == load_dir(tmp_path / "a") == load_dir(tmp_path / "b")
 
 
-def test_ca_bundle_is_injected_into_both_configurations(k8s_api: client.ApiClient, tmp_path: Path) -> None:
-    admission = client.AdmissionregistrationV1Api(k8s_api)
+def _hooks(api: kube.Client, kind: str, name: str) -> list[dict[str, Any]]:
+    config = api.get(kube.path("admissionregistration.k8s.io/v1", f"{kind}webhookconfigurations", name))
+    return list((config or {}).get("webhooks") or [])
+
+
+def test_ca_bundle_is_injected_into_both_configurations(k8s_api: kube.Client, tmp_path: Path) -> None:
     name = f"certs-test-{tmp_path.name[-8:].lower().strip('-_')}".replace("_", "-")
     # Scoped to a label no namespace carries: this configuration must not gate other tests.
     configs = configurations(
@@ -197,40 +199,33 @@ def test_ca_bundle_is_injected_into_both_configurations(k8s_api: client.ApiClien
         name=name,
         scope_label=("agentops.agentops.io/test-none", "x"),
     )
-    register(admission, configs)
+    register(k8s_api, configs)
     try:
         bundle = fresh_bundle()
-        patched = inject_ca_bundle(admission, bundle.trusted_pem, mutating=[name], validating=[name])
+        patched = inject_ca_bundle(k8s_api, bundle.trusted_pem, mutating=[name], validating=[name])
         assert patched == [f"MutatingWebhookConfiguration/{name}", f"ValidatingWebhookConfiguration/{name}"]
         expected = base64.b64encode(bundle.trusted_pem).decode()
-        for config in (
-            admission.read_mutating_webhook_configuration(name),
-            admission.read_validating_webhook_configuration(name),
-        ):
-            bundles: list[Any] = [w.client_config.ca_bundle for w in config.webhooks or []]
-            assert len(bundles) == 2
-            assert all((b.decode() if isinstance(b, bytes) else b) == expected for b in bundles)
+        for kind in ("mutating", "validating"):
+            bundles = [w["clientConfig"].get("caBundle") for w in _hooks(k8s_api, kind, name)]
+            assert bundles == [expected, expected]
         # Idempotent: nothing to patch the second time.
-        assert inject_ca_bundle(admission, bundle.trusted_pem, mutating=[name], validating=[name]) == []
+        assert inject_ca_bundle(k8s_api, bundle.trusted_pem, mutating=[name], validating=[name]) == []
         # A configuration that does not exist yet is skipped, not an error.
-        assert inject_ca_bundle(admission, bundle.trusted_pem, mutating=[f"{name}-missing"]) == []
+        assert inject_ca_bundle(k8s_api, bundle.trusted_pem, mutating=[f"{name}-missing"]) == []
         # Re-applied without a caBundle (as the manifests are): the next rotation cycle repairs it.
-        register(admission, configs)
+        register(k8s_api, configs)
         manager = CertManager(
             cert_dir=tmp_path / "certs",
             hosts=Hosts.local(),
-            admission_api=admission,
+            api=k8s_api,
             mutating=[name],
             validating=[name],
         )
         repaired = manager.ensure()
-        hook = (admission.read_validating_webhook_configuration(name).webhooks or [])[0]
-        assert hook.client_config.ca_bundle in (
-            base64.b64encode(repaired.trusted_pem).decode(),
-            repaired.trusted_pem,
-        )
+        hook = _hooks(k8s_api, "validating", name)[0]
+        assert hook["clientConfig"]["caBundle"] == base64.b64encode(repaired.trusted_pem).decode()
     finally:
-        unregister(admission, name)
+        unregister(k8s_api, name)
 
 
 def test_certs_command_creates_then_keeps_then_shows(tmp_path: Path) -> None:

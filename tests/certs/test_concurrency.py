@@ -13,21 +13,21 @@ import base64
 import datetime as dt
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 
+import kube
+import kube.config
 from certs.authority import CertBundle, Hosts, Lifetimes, next_change, plan, split_pem
-from certs.inject import StaleBundle, inject_ca_bundle
-from certs.kube import api_client
+from certs.inject import ADMISSION, StaleBundle, inject_ca_bundle
 from certs.rotation import MIN_DELAY, CertManager
 from certs.store import SecretRef, load_dir, load_secret, read_secret
 from tests.certs.conftest import MANIFEST_LABELS, NOBODY
 from tests.certs.replicas import webhook_identity, writes_since
+from tests.support.waiting import eventually
 from webhook.registration import ClientConfig, configurations, register
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -52,12 +52,16 @@ class StartLine:
         return dt.datetime.now(dt.UTC)
 
 
+def _configuration(kind: str, name: str) -> str:
+    return kube.path(ADMISSION, f"{kind}webhookconfigurations", name)
+
+
 def _ca_bundles(config: Any) -> list[str]:
-    out = []
-    for webhook in config.webhooks or []:
-        value = webhook.client_config.ca_bundle
-        out.append(value.decode() if isinstance(value, bytes) else str(value))
-    return out
+    return [str(webhook["clientConfig"].get("caBundle")) for webhook in config.get("webhooks") or []]
+
+
+def _version(api: kube.Client, path: str) -> str:
+    return str(api.request("GET", path)["metadata"]["resourceVersion"])
 
 
 # --- scheduling (pure) ----------------------------------------------------------------------------
@@ -94,21 +98,18 @@ def test_a_manager_sleeps_until_the_renewal_is_due_never_longer_than_the_interva
 
 def test_replicas_racing_on_an_empty_secret_store_one_bundle_and_inject_it_once(
     control_plane: Any,
-    k8s_api: client.ApiClient,
+    k8s_api: kube.Client,
     empty_secret: SecretRef,
     inert_configurations: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="certs")
-    core = client.CoreV1Api(k8s_api)
-    admission = client.AdmissionregistrationV1Api(k8s_api)
     name = inert_configurations
     replicas = 4
-    secret_before = core.read_namespaced_secret(empty_secret.name, empty_secret.namespace)
+    secret_before = _version(k8s_api, empty_secret.path)
     configs_before = {
-        "mutating": admission.read_mutating_webhook_configuration(name).metadata.resource_version,
-        "validating": admission.read_validating_webhook_configuration(name).metadata.resource_version,
+        kind: _version(k8s_api, _configuration(kind, name)) for kind in ("mutating", "validating")
     }
     start = StartLine(replicas)
     managers = [
@@ -116,8 +117,7 @@ def test_replicas_racing_on_an_empty_secret_store_one_bundle_and_inject_it_once(
             cert_dir=tmp_path / f"replica-{i}",
             hosts=Hosts.for_service("agentops-webhook", "agentops-system"),
             secret=empty_secret,
-            core_v1=core,
-            admission_api=admission,
+            api=k8s_api,
             mutating=[name],
             validating=[name],
             clock=start,
@@ -127,68 +127,55 @@ def test_replicas_racing_on_an_empty_secret_store_one_bundle_and_inject_it_once(
     with ThreadPoolExecutor(replicas) as pool:
         bundles = list(pool.map(lambda m: m.ensure(), managers))
 
-    stored = load_secret(core, empty_secret)
+    stored = load_secret(k8s_api, empty_secret)
     assert stored.bundle is not None
     assert bundles == [stored.bundle] * replicas
     assert [load_dir(tmp_path / f"replica-{i}") for i in range(replicas)] == [stored.bundle] * replicas
     # Every replica wrote on the same resourceVersion: one update landed, the rest lost and adopted.
-    assert writes_since(
-        core.list_namespaced_secret, empty_secret.name, secret_before.metadata.resource_version,
-        stored.resource_version, empty_secret.namespace,
-    ) == 1  # fmt: skip
+    assert writes_since(k8s_api, empty_secret.path, secret_before, stored.resource_version) == 1
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("certificates renewed") == 1
     assert (
         messages.count("another replica renewed the certificates first; adopting its bundle") == replicas - 1
     )
     # The manifest's labels survive the update (an update replaces the whole object).
-    secret = core.read_namespaced_secret(empty_secret.name, empty_secret.namespace)
-    assert secret.metadata.labels == MANIFEST_LABELS
+    secret = k8s_api.request("GET", empty_secret.path)
+    assert secret["metadata"]["labels"] == MANIFEST_LABELS
     # One injection per configuration, whoever did it; caBundle is the one CA.
     expected = base64.b64encode(stored.bundle.trusted_pem).decode()
-    for kind, read, list_call in (
-        ("mutating", admission.read_mutating_webhook_configuration,
-         admission.list_mutating_webhook_configuration),
-        ("validating", admission.read_validating_webhook_configuration,
-         admission.list_validating_webhook_configuration),
-    ):  # fmt: skip
-        config = read(name)
+    for kind in ("mutating", "validating"):
+        config = k8s_api.request("GET", _configuration(kind, name))
         assert set(_ca_bundles(config)) == {expected}, kind
-        assert writes_since(list_call, name, configs_before[kind], config.metadata.resource_version) == 1, (
-            kind
-        )
+        version = config["metadata"]["resourceVersion"]
+        assert writes_since(k8s_api, _configuration(kind, name), configs_before[kind], version) == 1, kind
 
 
 def test_a_replica_holding_an_old_bundle_never_writes_it_over_a_newer_one(
-    k8s_api: client.ApiClient, empty_secret: SecretRef, inert_configurations: str, tmp_path: Path
+    k8s_api: kube.Client, empty_secret: SecretRef, inert_configurations: str, tmp_path: Path
 ) -> None:
     """The flip-flop: B read the configuration wanting to inject X; before B's write lands, A rotates
     the CA and injects Y.  B's write must fail (it was conditional on the version B read) and B,
     re-checking the Secret, must give up X instead of writing it over Y."""
-    core = client.CoreV1Api(k8s_api)
-    admission = client.AdmissionregistrationV1Api(k8s_api)
     name = inert_configurations
 
     def manager(replica: str, clock: Any = None) -> CertManager:
         extra = {"clock": clock} if clock else {}
         return CertManager(
             cert_dir=tmp_path / replica, hosts=Hosts.local(), lifetimes=SHORT, secret=empty_secret,
-            core_v1=core, admission_api=admission, mutating=[name], validating=[name],
+            api=k8s_api, mutating=[name], validating=[name],
             settle_seconds=0, **extra,
         )  # fmt: skip
 
     old = manager("a").ensure()
     # The configurations are re-applied without caBundle (kubectl apply of the manifests), so
     # every replica now wants to inject.
-    register(
-        admission, configurations(ClientConfig(url="https://127.0.0.1:1"), name=name, scope_label=NOBODY)
-    )
+    register(k8s_api, configurations(ClientConfig(url="https://127.0.0.1:1"), name=name, scope_label=NOBODY))
     # A, 21 days later, finds its 30-day CA due.
     a_later = manager("a", clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(days=21))
     rotated: list[CertBundle] = []
 
     def confirm_while_a_rotates() -> bool:
-        bundle, _ = read_secret(core, empty_secret)
+        bundle, _ = read_secret(k8s_api, empty_secret)
         still_current = bundle is not None and bundle.trusted_pem == old.trusted_pem
         if not rotated:
             rotated.append(a_later.ensure())  # between B's confirmation and B's write
@@ -196,43 +183,37 @@ def test_a_replica_holding_an_old_bundle_never_writes_it_over_a_newer_one(
 
     with pytest.raises(StaleBundle):
         inject_ca_bundle(
-            admission, old.trusted_pem, mutating=[name], validating=[name], confirm=confirm_while_a_rotates
+            k8s_api, old.trusted_pem, mutating=[name], validating=[name], confirm=confirm_while_a_rotates
         )
     (new,) = rotated
     assert new.ca != old.ca
     assert split_pem(new.trusted_pem) == [new.ca.certificate, old.ca.certificate]  # overlap
     expected = base64.b64encode(new.trusted_pem).decode()
-    for config in (
-        admission.read_mutating_webhook_configuration(name),
-        admission.read_validating_webhook_configuration(name),
-    ):
-        assert set(_ca_bundles(config)) == {expected}
+    for kind in ("mutating", "validating"):
+        assert set(_ca_bundles(k8s_api.request("GET", _configuration(kind, name)))) == {expected}
     # B as a whole: its next cycle adopts the newer bundle and writes nothing.
-    version = core.read_namespaced_secret(empty_secret.name, empty_secret.namespace).metadata.resource_version
+    version = _version(k8s_api, empty_secret.path)
     assert manager("b").ensure() == new
-    after = core.read_namespaced_secret(empty_secret.name, empty_secret.namespace).metadata.resource_version
-    assert after == version
+    assert _version(k8s_api, empty_secret.path) == version
 
 
 def test_a_renewal_by_another_replica_is_picked_up_through_the_secret_watch(
-    k8s_api: client.ApiClient, empty_secret: SecretRef, tmp_path: Path
+    k8s_api: kube.Client, empty_secret: SecretRef, tmp_path: Path
 ) -> None:
-    core = client.CoreV1Api(k8s_api)
-    a = CertManager(cert_dir=tmp_path / "a", hosts=Hosts.local(), secret=empty_secret, core_v1=core)
+    a = CertManager(cert_dir=tmp_path / "a", hosts=Hosts.local(), secret=empty_secret, api=k8s_api)
     first = a.ensure()
     # A 10-minute interval and a 90-day certificate: only the watch can make A look again in time.
     rotation = a.start(interval=600)
     try:
         # B needs one more name in the certificate, so it reissues and stores it.
         b = CertManager(
-            cert_dir=tmp_path / "b", hosts=Hosts.local(extra=["10.0.0.9"]), secret=empty_secret, core_v1=core
+            cert_dir=tmp_path / "b", hosts=Hosts.local(extra=["10.0.0.9"]), secret=empty_secret, api=k8s_api
         )
         renewed = b.ensure()
         assert renewed.serving != first.serving
-        deadline = time.monotonic() + 15
-        while load_dir(tmp_path / "a") != renewed:
-            assert time.monotonic() < deadline, "A never picked up B's renewal"
-            time.sleep(0.05)
+        eventually(
+            "A picks up B's renewal", lambda: load_dir(tmp_path / "a") == renewed, within=15, interval=0.05
+        )
         assert a.current == renewed
     finally:
         rotation.stop()
@@ -243,63 +224,51 @@ def test_a_renewal_by_another_replica_is_picked_up_through_the_secret_watch(
 
 def test_without_watch_permission_a_replica_says_so_and_keeps_rotating(
     control_plane: Any,
-    k8s_api: client.ApiClient,
+    k8s_api: kube.Client,
     empty_secret: SecretRef,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """RBAC granting only get/update on the Secret (as rbac-webhook.yaml did before ``watch``)."""
     caplog.set_level(logging.INFO, logger="certs")
-    with webhook_identity(
-        k8s_api, control_plane, empty_secret, "unused", tmp_path, secret_verbs=("get", "update")
-    ) as kubeconfig:
-        api = api_client(kubeconfig)
+    with (
+        webhook_identity(
+            k8s_api, control_plane, empty_secret, "unused", tmp_path, secret_verbs=("get", "update")
+        ) as kubeconfig,
+        kube.Client(kube.config.from_kubeconfig(kubeconfig)) as api,
+    ):
+        manager = CertManager(cert_dir=tmp_path / "certs", hosts=Hosts.local(), secret=empty_secret, api=api)
+        manager.ensure()
+        rotation = manager.start(interval=600)
         try:
-            manager = CertManager(
-                cert_dir=tmp_path / "certs",
-                hosts=Hosts.local(),
-                secret=empty_secret,
-                core_v1=client.CoreV1Api(api),
+            watcher = rotation.threads[1]
+            watcher.join(timeout=15)
+            assert not watcher.is_alive(), "the watch neither ran nor gave up"
+            assert any(
+                "not allowed to watch the certificate Secret" in r.getMessage() for r in caplog.records
             )
-            manager.ensure()
-            rotation = manager.start(interval=600)
-            try:
-                watcher = rotation.threads[1]
-                watcher.join(timeout=15)
-                assert not watcher.is_alive(), "the watch neither ran nor gave up"
-                assert any(
-                    "not allowed to watch the certificate Secret" in r.getMessage() for r in caplog.records
-                )
-                assert rotation.threads[0].is_alive()  # renewals still run when due
-            finally:
-                rotation.stop()
-            rotation.threads[0].join(timeout=10)
-            assert not rotation.threads[0].is_alive()
+            assert rotation.threads[0].is_alive()  # renewals still run when due
         finally:
-            api.close()
+            rotation.stop()
+        rotation.threads[0].join(timeout=10)
+        assert not rotation.threads[0].is_alive()
 
 
 def test_unreadable_material_in_the_secret_is_replaced_in_one_conditional_update(
-    k8s_api: client.ApiClient, empty_secret: SecretRef, tmp_path: Path
+    k8s_api: kube.Client, empty_secret: SecretRef, tmp_path: Path
 ) -> None:
-    core = client.CoreV1Api(k8s_api)
-    secret = core.read_namespaced_secret(empty_secret.name, empty_secret.namespace)
-    secret.data = {"tls.crt": base64.b64encode(b"not a certificate").decode()}
-    secret = core.replace_namespaced_secret(empty_secret.name, empty_secret.namespace, secret)
-    snapshot = load_secret(core, empty_secret)
+    secret = k8s_api.request("GET", empty_secret.path)
+    secret["data"] = {"tls.crt": base64.b64encode(b"not a certificate").decode()}
+    secret = k8s_api.replace(empty_secret.path, secret)
+    snapshot = load_secret(k8s_api, empty_secret)
     assert snapshot.bundle is None
     assert snapshot.problem is not None
     assert "missing" in snapshot.problem
     # The version a replacement is conditional on is the one the bad material was read at.
-    assert snapshot.resource_version == secret.metadata.resource_version
-    bundle = CertManager(cert_dir=tmp_path, hosts=Hosts.local(), secret=empty_secret, core_v1=core).ensure()
-    stored = load_secret(core, empty_secret)
+    assert snapshot.resource_version == secret["metadata"]["resourceVersion"]
+    bundle = CertManager(cert_dir=tmp_path, hosts=Hosts.local(), secret=empty_secret, api=k8s_api).ensure()
+    stored = load_secret(k8s_api, empty_secret)
     assert stored.bundle == bundle
     assert stored.problem is None
-    assert writes_since(
-        core.list_namespaced_secret, empty_secret.name, snapshot.resource_version, stored.resource_version,
-        empty_secret.namespace,
-    ) == 1  # fmt: skip
-    assert core.read_namespaced_secret(empty_secret.name, empty_secret.namespace).metadata.labels == (
-        MANIFEST_LABELS
-    )
+    assert writes_since(k8s_api, empty_secret.path, snapshot.resource_version, stored.resource_version) == 1
+    assert k8s_api.request("GET", empty_secret.path)["metadata"]["labels"] == MANIFEST_LABELS

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from kubernetes import client
 
+import kube
 from certs.authority import split_pem
+from certs.inject import ADMISSION
 from certs.store import SecretRef, load_secret
 from tests.certs.replicas import (
     free_port,
@@ -36,65 +37,55 @@ GROUP, VERSION = "agentops.agentops.io", "v1alpha1"
 LABEL_KEY = "agentops.agentops.io/test-certs"
 
 
-def _encoded(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _configurations(admission: client.AdmissionregistrationV1Api, name: str) -> dict[str, Any]:
+def _paths(name: str) -> dict[str, str]:
     return {
-        "mutating": admission.read_mutating_webhook_configuration(name),
-        "validating": admission.read_validating_webhook_configuration(name),
+        kind: kube.path(ADMISSION, f"{kind}webhookconfigurations", name)
+        for kind in ("mutating", "validating")
     }
 
 
-def _lists(admission: client.AdmissionregistrationV1Api) -> dict[str, Any]:
-    return {
-        "mutating": admission.list_mutating_webhook_configuration,
-        "validating": admission.list_validating_webhook_configuration,
-    }
+def _configurations(api: kube.Client, name: str) -> dict[str, dict[str, Any]]:
+    return {kind: api.request("GET", path) for kind, path in _paths(name).items()}
 
 
-def _ca_bundles(config: Any) -> list[str]:
-    return [_encoded(w.client_config.ca_bundle) for w in config.webhooks or []]
+def _ca_bundles(config: dict[str, Any]) -> list[str]:
+    return [str(w["clientConfig"].get("caBundle")) for w in config.get("webhooks") or []]
+
+
+def _version(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"]["resourceVersion"])
 
 
 def test_two_replicas_starting_together_share_one_certificate_and_inject_it_once(
-    control_plane: Any, k8s_api: client.ApiClient, empty_secret: SecretRef, tmp_path: Path
+    control_plane: Any, k8s_api: kube.Client, empty_secret: SecretRef, tmp_path: Path
 ) -> None:
-    core = client.CoreV1Api(k8s_api)
-    admission = client.AdmissionregistrationV1Api(k8s_api)
     namespace = empty_secret.namespace
     name = f"agentops-replicas-{namespace[-8:]}"
     ports = [free_port(), free_port()]
-    register(admission, replica_configurations(name, ports, (LABEL_KEY, namespace)))
+    register(k8s_api, replica_configurations(name, ports, (LABEL_KEY, namespace)))
     try:
-        secret_before = core.read_namespaced_secret(empty_secret.name, namespace).metadata.resource_version
-        configs_before = {k: c.metadata.resource_version for k, c in _configurations(admission, name).items()}
+        secret_before = _version(k8s_api.request("GET", empty_secret.path))
+        configs_before = {k: _version(c) for k, c in _configurations(k8s_api, name).items()}
         with (
             webhook_identity(k8s_api, control_plane, empty_secret, name, tmp_path) as kubeconfig,
             running_replicas(2, tmp_path, kubeconfig, ports, empty_secret, name) as replicas,
         ):
-            snapshot = load_secret(core, empty_secret)
+            snapshot = load_secret(k8s_api, empty_secret)
             bundle = snapshot.bundle
             assert bundle is not None, snapshot.problem
             # ONE CA, written ONCE: the Secret went from empty to this bundle in a single update.
             assert split_pem(bundle.trusted_pem) == [bundle.ca.certificate]
-            secret_writes = writes_since(
-                core.list_namespaced_secret, empty_secret.name, secret_before, snapshot.resource_version,
-                namespace,
-            )  # fmt: skip
+            secret_writes = writes_since(k8s_api, empty_secret.path, secret_before, snapshot.resource_version)
             assert secret_writes == 1
             # Both serve that bundle's certificate, and it verifies against that CA for 127.0.0.1.
             served = [r.served_certificate(bundle.ca.cert_pem) for r in replicas]
             assert served == [bundle.serving.certificate, bundle.serving.certificate]
             # caBundle = that CA on every entry, injected with exactly one write per configuration.
             expected = base64.b64encode(bundle.trusted_pem).decode()
-            configs = _configurations(admission, name)
+            configs = _configurations(k8s_api, name)
             for kind, config in configs.items():
                 assert _ca_bundles(config) == [expected, expected], kind
-                writes = writes_since(
-                    _lists(admission)[kind], name, configs_before[kind], config.metadata.resource_version
-                )
+                writes = writes_since(k8s_api, _paths(name)[kind], configs_before[kind], _version(config))
                 assert writes == 1, f"{kind}: {writes} writes, expected one injection"
             logs = [r.logs() for r in replicas]
             assert sum(log.count("certificates renewed") for log in logs) == 1
@@ -112,16 +103,15 @@ def test_two_replicas_starting_together_share_one_certificate_and_inject_it_once
             try:
                 wait_ready([replacement])
                 assert replacement.served_certificate(bundle.ca.cert_pem) == bundle.serving.certificate
-                secret_now = core.read_namespaced_secret(empty_secret.name, namespace)
-                assert secret_now.metadata.resource_version == snapshot.resource_version
-                for kind, config in _configurations(admission, name).items():
-                    assert config.metadata.resource_version == configs[kind].metadata.resource_version, kind
+                assert _version(k8s_api.request("GET", empty_secret.path)) == snapshot.resource_version
+                for kind, config in _configurations(k8s_api, name).items():
+                    assert _version(config) == _version(configs[kind]), kind
                 assert "caBundle injected" not in replacement.logs()
                 assert "certificates renewed" not in replacement.logs()
             finally:
                 replacement.stop()
     finally:
-        unregister(admission, name)
+        unregister(k8s_api, name)
 
 
 def _agent(index: int) -> dict[str, Any]:
@@ -139,7 +129,7 @@ def _agent(index: int) -> dict[str, Any]:
 
 
 def test_both_replicas_rotate_serving_certificates_and_the_ca_with_zero_failed_admissions(
-    control_plane: Any, k8s_api: client.ApiClient, empty_secret: SecretRef, tmp_path: Path
+    control_plane: Any, k8s_api: kube.Client, empty_secret: SecretRef, tmp_path: Path
 ) -> None:
     """Serving certificates live ~12 s and the CA ~35 s, so within ~30 s the serving certificate is
     renewed twice and then the CA, while admissions stream through the API server to both replicas.
@@ -147,22 +137,22 @@ def test_both_replicas_rotate_serving_certificates_and_the_ca_with_zero_failed_a
     The rotation interval stays at its 60 s default: renewals happen because they are due, and the
     replica that did not renew picks the new bundle up from the Secret, not from polling.
     """
-    core = client.CoreV1Api(k8s_api)
-    admission = client.AdmissionregistrationV1Api(k8s_api)
-    objects = client.CustomObjectsApi(k8s_api)
     namespace = empty_secret.namespace
+    agents = kube.path(f"{GROUP}/{VERSION}", "agentdeployments", namespace=namespace)
     name = f"agentops-rotation-{namespace[-8:]}"
     ports = [free_port(), free_port()]
-    register(admission, replica_configurations(name, ports, (LABEL_KEY, namespace)))
-    core.patch_namespace(namespace, {"metadata": {"labels": {LABEL_KEY: namespace}}})
+    register(k8s_api, replica_configurations(name, ports, (LABEL_KEY, namespace)))
+    k8s_api.merge_patch(
+        kube.path("v1", "namespaces", namespace), {"metadata": {"labels": {LABEL_KEY: namespace}}}
+    )
     lifetimes = ("--serving-days", "0.00014", "--ca-days", "0.0004", "--rotation-interval", "60")
     try:
-        secret_before = core.read_namespaced_secret(empty_secret.name, namespace).metadata.resource_version
+        secret_before = _version(k8s_api.request("GET", empty_secret.path))
         with (
             webhook_identity(k8s_api, control_plane, empty_secret, name, tmp_path) as kubeconfig,
             running_replicas(2, tmp_path, kubeconfig, ports, empty_secret, name, *lifetimes) as replicas,
         ):
-            first = load_secret(core, empty_secret).bundle
+            first = load_secret(k8s_api, empty_secret).bundle
             assert first is not None
             serials = {first.serving.certificate.serial_number}
             overlap_seen = False  # caBundle observed carrying the old and the new CA together
@@ -173,24 +163,22 @@ def test_both_replicas_rotate_serving_certificates_and_the_ca_with_zero_failed_a
             next_look = 0.0
             while admitted < 3000 and time.monotonic() < deadline:
                 try:
-                    objects.create_namespaced_custom_object(
-                        GROUP, VERSION, namespace, "agentdeployments", _agent(admitted), dry_run="All"
-                    )
+                    k8s_api.request("POST", agents, _agent(admitted), query={"dryRun": "All"})
                     admitted += 1
-                except client.ApiException as exc:
-                    failures.append(f"{exc.status}: {exc.body}")
+                except kube.ApiError as exc:
+                    failures.append(f"{exc.status}: {exc.message}")
                     admitted += 1
                 if time.monotonic() < next_look:
                     time.sleep(0.02)  # pacing: ~30 admissions/s, leaving CPU for the replicas
                     continue
                 next_look = time.monotonic() + 0.25
-                current = load_secret(core, empty_secret).bundle
+                current = load_secret(k8s_api, empty_secret).bundle
                 assert current is not None
                 serials.add(current.serving.certificate.serial_number)
                 if current.ca != first.ca:
                     new_ca = current.ca.certificate
                     trusted = split_pem(current.trusted_pem)
-                    configs = _configurations(admission, name).values()
+                    configs = _configurations(k8s_api, name).values()
                     in_force = {c for config in configs for c in _ca_bundles(config)}
                     if trusted == [new_ca, first.ca.certificate] and in_force == {
                         base64.b64encode(current.trusted_pem).decode()
@@ -207,7 +195,7 @@ def test_both_replicas_rotate_serving_certificates_and_the_ca_with_zero_failed_a
             # Both end up serving the Secret's current certificate (whatever renewal is latest by now).
             final_deadline = time.monotonic() + 20
             while True:
-                current = load_secret(core, empty_secret).bundle
+                current = load_secret(k8s_api, empty_secret).bundle
                 assert current is not None
                 served = [r.served_certificate(current.trusted_pem).serial_number for r in replicas]
                 if served == [current.serving.certificate.serial_number] * 2:
@@ -229,14 +217,8 @@ def test_both_replicas_rotate_serving_certificates_and_the_ca_with_zero_failed_a
             while True:
                 logs = [r.logs() for r in replicas]
                 renewals = sum(log.count("certificates renewed") for log in logs)
-                final = load_secret(core, empty_secret)
-                writes = writes_since(
-                    core.list_namespaced_secret,
-                    empty_secret.name,
-                    secret_before,
-                    final.resource_version,
-                    namespace,
-                )
+                final = load_secret(k8s_api, empty_secret)
+                writes = writes_since(k8s_api, empty_secret.path, secret_before, final.resource_version)
                 if writes == renewals or time.monotonic() > agree_deadline:
                     break
                 time.sleep(0.2)
@@ -250,4 +232,4 @@ def test_both_replicas_rotate_serving_certificates_and_the_ca_with_zero_failed_a
                 f" CA rotated once; {writes} Secret writes, {adopted} adoptions after a lost race"
             )
     finally:
-        unregister(admission, name)
+        unregister(k8s_api, name)

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -41,17 +41,8 @@ WEBHOOK_SELECTOR = "app.kubernetes.io/name=agentops-webhook"
 CONTROLLER_SELECTOR = "app.kubernetes.io/name=agentops-controller"
 PEERING = "agentops-controller"
 
-T = TypeVar("T")
-
 
 # --- shared helpers ---------------------------------------------------------------------------
-
-
-def wait_for(what: str, check: Callable[[], T | None], within: float = 60.0, interval: float = 0.25) -> T:
-    """:func:`eventually` for checks that return the state they waited for, or None."""
-    value = eventually(what, check, within=within, interval=interval)
-    assert value is not None
-    return value
 
 
 def agent(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +84,7 @@ def back_to(kubectl: Kubectl, selector: str, replicas: int, gone: set[str]) -> s
         ready = ready_pod_names(kubectl, selector)
         return ready if len(ready) == replicas and not ready & gone else None
 
-    return wait_for(f"{replicas} ready pods of {selector}, none of {sorted(gone)}", replaced, within=120)
+    return eventually(f"{replicas} ready pods of {selector}, none of {sorted(gone)}", replaced, within=120)
 
 
 # --- 1. a webhook replica deleted during a stream of admissions --------------------------------
@@ -267,7 +258,7 @@ def test_deleting_the_controller_leader_mid_pipeline_submits_no_step_twice(
             else None
         )
 
-    mid_flight = wait_for("step think is in a worker's hands", thinking, within=120)
+    mid_flight = eventually("step think is in a worker's hands", thinking, within=120)
     uid = mid_flight["metadata"]["uid"]
     leader = controller_leader(system)
     killed_wall = time.time()
@@ -278,7 +269,7 @@ def test_deleting_the_controller_leader_mid_pipeline_submits_no_step_twice(
         current = kubectl.json("get", "agentpipeline", "failover")
         return current if current.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
 
-    done = wait_for("the pipeline finishes after the failover", finished, within=240)
+    done = eventually("the pipeline finishes after the failover", finished, within=240)
     assert done["status"]["phase"] == "Succeeded", json.dumps(done["status"], indent=1)
     expected = {name: f"{uid}:{name}:1" for name, *_ in steps}
     for name, status in steps_of(done).items():
@@ -339,7 +330,9 @@ def test_deleting_agent_pods_under_load_loses_no_task_and_duplicates_none(
         fresh = all(any(idle < 1000 for idle in held[v].values()) for v in victims)
         return (int(done), held) if 0 < int(done) < total and fresh else None
 
-    done_at_kill, held = wait_for("the victims taking new tasks while results arrive", in_flight, within=120)
+    done_at_kill, held = eventually(
+        "the victims taking new tasks while results arrive", in_flight, within=120
+    )
     force_delete(kubectl, *victims)
 
     eventually(

@@ -19,10 +19,9 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kubernetes import client
 
+import kube
 from contracts import resources as models
-from localstack._kube import request
 from localstack.crds import CRD_DIR, crd_files
 from tests.support.seed import SEED_AGENT, SEED_PIPELINE
 
@@ -38,17 +37,15 @@ def test_crd_files_match_the_model() -> None:
         assert on_disk[path] == text, f"{path.name} differs from the model: run `python -m localstack.crds`"
 
 
-def test_every_resource_has_a_crd(k8s_api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(k8s_api)
-    served = {
-        c.spec.names.kind: c for c in ext.list_custom_resource_definition().items if c.spec.group == GROUP
-    }
+def test_every_resource_has_a_crd(k8s_api: kube.Client) -> None:
+    crds = k8s_api.list_items(kube.client.CRD_PATH)
+    served = {c["spec"]["names"]["kind"]: c["spec"] for c in crds if c["spec"]["group"] == GROUP}
     assert set(served) == {r.KIND for r in models.RESOURCES}
     for resource in models.RESOURCES:
-        crd = served[resource.KIND]
-        assert crd.spec.names.plural == resource.PLURAL
-        assert (crd.spec.scope == "Namespaced") == resource.NAMESPACED
-        assert list(crd.spec.names.short_names or []) == list(resource.SHORT_NAMES)
+        spec = served[resource.KIND]
+        assert spec["names"]["plural"] == resource.PLURAL
+        assert (spec["scope"] == "Namespaced") == resource.NAMESPACED
+        assert list(spec["names"].get("shortNames") or []) == list(resource.SHORT_NAMES)
 
 
 # --- round trips ---------------------------------------------------------------------------------
@@ -65,29 +62,25 @@ def _prune_empty(value: Any) -> Any:
 
 
 def _path(resource: type[models.Resource], namespace: str, name: str = "") -> str:
-    base = f"/apis/{GROUP}/{VERSION}"
-    base += f"/namespaces/{namespace}/{resource.PLURAL}" if resource.NAMESPACED else f"/{resource.PLURAL}"
-    return f"{base}/{name}" if name else base
+    return kube.path(
+        f"{GROUP}/{VERSION}",
+        resource.PLURAL,
+        name or None,
+        namespace=namespace if resource.NAMESPACED else None,
+    )
 
 
-def _call(api: client.ApiClient, method: str, path: str, body: Any = None, content_type: str = "") -> Any:
-    return request(api, method, path, body, content_type=content_type or None)
-
-
-def round_trip(api: client.ApiClient, namespace: str, obj: dict[str, Any]) -> None:
+def round_trip(api: kube.Client, namespace: str, obj: dict[str, Any]) -> None:
     resource = models.RESOURCE_BY_KIND[obj["kind"]]
     submitted = copy.deepcopy(obj)
     submitted["metadata"] = {"name": f"rt-{uuid.uuid4().hex[:10]}"}
     status = submitted.pop("status", None)
-    stored = _call(api, "POST", _path(resource, namespace), submitted)
+    stored = api.request("POST", _path(resource, namespace), submitted)
     name = stored["metadata"]["name"]
     try:
         if status is not None:
             # Status is a subresource: a create ignores it, so write it the way the controller does.
-            stored = _call(
-                api, "PATCH", _path(resource, namespace, name) + "/status",
-                {"status": status}, "application/merge-patch+json",
-            )  # fmt: skip
+            stored = api.patch_status(_path(resource, namespace, name), status)
         expected = resource.from_k8s({**obj, "metadata": stored["metadata"]}).to_k8s()
         for part in ("spec", "status"):
             if part in expected or part in stored:
@@ -98,7 +91,7 @@ def round_trip(api: client.ApiClient, namespace: str, obj: dict[str, Any]) -> No
         if "status" in stored:
             assert _prune_empty(reread["status"]) == _prune_empty(stored["status"])
     finally:
-        _call(api, "DELETE", _path(resource, namespace, name))
+        api.delete(_path(resource, namespace, name))
 
 
 def _sample_objects() -> Iterator[Any]:
@@ -262,12 +255,12 @@ FULL_OBJECTS: list[dict[str, Any]] = [
 
 
 @pytest.mark.parametrize("obj", list(_sample_objects()))
-def test_sample_round_trip(k8s_api: client.ApiClient, namespace: str, obj: dict[str, Any]) -> None:
+def test_sample_round_trip(k8s_api: kube.Client, namespace: str, obj: dict[str, Any]) -> None:
     round_trip(k8s_api, namespace, obj)
 
 
 @pytest.mark.parametrize("obj", FULL_OBJECTS, ids=[o["kind"] for o in FULL_OBJECTS])
-def test_every_field_round_trips(k8s_api: client.ApiClient, namespace: str, obj: dict[str, Any]) -> None:
+def test_every_field_round_trips(k8s_api: kube.Client, namespace: str, obj: dict[str, Any]) -> None:
     round_trip(k8s_api, namespace, obj)
 
 
@@ -294,19 +287,18 @@ _agent_specs = st.fixed_dictionaries(
 
 
 @pytest.fixture(scope="module")
-def roundtrip_namespace(k8s_api: client.ApiClient) -> Iterator[str]:
+def roundtrip_namespace(k8s_api: kube.Client) -> Iterator[str]:
     # Hypothesis runs many examples per test; a module namespace avoids one namespace per example.
-    core = client.CoreV1Api(k8s_api)
     name = f"t-roundtrip-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    k8s_api.create(kube.path("v1", "namespaces"), {"metadata": {"name": name}})
     yield name
-    core.delete_namespace(name)
+    k8s_api.delete(kube.path("v1", "namespaces", name))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(spec=_agent_specs)
 def test_generated_agents_round_trip(
-    k8s_api: client.ApiClient, roundtrip_namespace: str, spec: dict[str, Any]
+    k8s_api: kube.Client, roundtrip_namespace: str, spec: dict[str, Any]
 ) -> None:
     obj = {"apiVersion": models.API_VERSION, "kind": "AgentDeployment", "metadata": {}, "spec": spec}
     round_trip(k8s_api, roundtrip_namespace, obj)

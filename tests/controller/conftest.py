@@ -14,28 +14,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from localstack.agents import run_local_agents
 from localstack.controlplane import ControlPlane
-
-
-def wait_for(probe: Callable[[], Any], what: str, timeout: float = 30.0, interval: float = 0.1) -> Any:
-    """Poll ``probe`` until it returns something truthy, and return that; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
 
 
 @dataclass

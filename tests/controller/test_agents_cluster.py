@@ -13,9 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
+import kube
 from contracts.resources import (
     CHANGE_REASON,
     LABEL_AGENT,
@@ -25,11 +23,12 @@ from contracts.resources import (
     PROMPT_CHANGED_BY_UID,
     PROMPT_PREVIOUS_SHA256,
     PROMPT_SHA256,
+    prompt_sha256,
 )
-from controller.revisions import prompt_sha256
-from tests.controller.conftest import ControllerProcess, wait_for
+from tests.controller.conftest import ControllerProcess
 from tests.support.kubectl import Kubectl
 from tests.support.seed import SEED_AGENT
+from tests.support.waiting import eventually
 
 SMALL_AGENT = """\
 apiVersion: agentops.agentops.io/v1alpha1
@@ -52,43 +51,44 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
 
 
-def exists(read: Any, *args: Any) -> bool:
-    try:
-        read(*args)
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
+def child(api: kube.Client, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """A Deployment, ConfigMap or Service of the test namespace (None while it does not exist)."""
+    api_version, plural = {
+        "Deployment": ("apps/v1", "deployments"),
+        "ConfigMap": ("v1", "configmaps"),
+        "Service": ("v1", "services"),
+    }[kind]
+    return api.get(kube.path(api_version, plural, name, namespace=namespace))
+
+
+def _env(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
 def test_seed_agent_gets_children_and_ready_status_from_real_processes(
     kubectl: Kubectl,
-    k8s_api: client.ApiClient,
+    k8s_api: kube.Client,
     namespace: str,
     controller: ControllerProcess,
     local_agents: None,
 ) -> None:
     kubectl("apply", "-f", "-", input=SEED_AGENT)
-    apps: Any = client.AppsV1Api(k8s_api)
-    core: Any = client.CoreV1Api(k8s_api)
-    wait_for(lambda: exists(core.read_namespaced_service, "research-agent-metrics", namespace), "children")
-    deployment = apps.read_namespaced_deployment("research-agent", namespace)
-    env = {e.name: e for e in deployment.spec.template.spec.containers[0].env}
-    assert env["AGENTOPS_MAX_CONCURRENT_TASKS"].value == "5"
-    assert env["AGENTOPS_MAX_TOKENS_PER_CALL"].value == "8000"
-    assert env["AGENTOPS_PROVIDER"].value == "offline"
-    assert (
-        core.read_namespaced_config_map("research-agent-prompt", namespace)
-        .data["system-prompt"]
-        .startswith("You are a research agent.")
-    )
-    assert core.read_namespaced_service("research-agent-metrics", namespace).spec.ports[0].port == 8080
+    service = eventually("children", lambda: child(k8s_api, "Service", namespace, "research-agent-metrics"))
+    deployment = child(k8s_api, "Deployment", namespace, "research-agent")
+    assert deployment is not None
+    env = _env(deployment)
+    assert env["AGENTOPS_MAX_CONCURRENT_TASKS"]["value"] == "5"
+    assert env["AGENTOPS_MAX_TOKENS_PER_CALL"]["value"] == "8000"
+    assert env["AGENTOPS_PROVIDER"]["value"] == "offline"
+    prompt = child(k8s_api, "ConfigMap", namespace, "research-agent-prompt")
+    assert prompt is not None
+    assert prompt["data"]["system-prompt"].startswith("You are a research agent.")
+    assert service["spec"]["ports"][0]["port"] == 8080
 
-    ready = wait_for(
-        lambda: (agdep(kubectl, "research-agent").get("status") or {}).get("readyReplicas") == 3,
+    ready = eventually(
         "3 ready replicas from local runtime processes",
-        timeout=60,
+        lambda: (agdep(kubectl, "research-agent").get("status") or {}).get("readyReplicas") == 3,
+        within=60,
     )
     assert ready
     obj = agdep(kubectl, "research-agent")
@@ -111,48 +111,44 @@ def test_seed_agent_gets_children_and_ready_status_from_real_processes(
 
     # The scale subresource drives replicas (what `kubectl scale` and HPA/KEDA use).
     kubectl("scale", "agdep", "research-agent", "--replicas=1")
-    wait_for(
-        lambda: (apps.read_namespaced_deployment("research-agent", namespace).spec.replicas == 1
-                 and agdep(kubectl, "research-agent")["status"].get("readyReplicas") == 1),
+    eventually(
         "scale to 1 reaches the Deployment and the status",
-        timeout=30,
+        lambda: ((child(k8s_api, "Deployment", namespace, "research-agent") or {})["spec"]["replicas"] == 1
+                 and agdep(kubectl, "research-agent")["status"].get("readyReplicas") == 1),
+        within=30,
     )  # fmt: skip
 
 
 def test_deleted_deployment_comes_back_and_deleting_the_agent_removes_its_children(
-    kubectl: Kubectl, k8s_api: client.ApiClient, namespace: str, controller: ControllerProcess
+    kubectl: Kubectl, k8s_api: kube.Client, namespace: str, controller: ControllerProcess
 ) -> None:
     kubectl("apply", "-f", "-", input=SMALL_AGENT.format(name="helper", replicas=1))
-    apps: Any = client.AppsV1Api(k8s_api)
-    core: Any = client.CoreV1Api(k8s_api)
-    wait_for(lambda: exists(apps.read_namespaced_deployment, "helper", namespace), "Deployment")
-    first_uid = apps.read_namespaced_deployment("helper", namespace).metadata.uid
+    first = eventually("Deployment", lambda: child(k8s_api, "Deployment", namespace, "helper"))
+    first_uid = first["metadata"]["uid"]
 
-    apps.delete_namespaced_deployment("helper", namespace)
-    restored = wait_for(
-        lambda: (
-            exists(apps.read_namespaced_deployment, "helper", namespace)
-            and apps.read_namespaced_deployment("helper", namespace).metadata.uid != first_uid
-        ),
-        "the hand-deleted Deployment to be recreated",
-    )
-    assert restored
-    core.delete_namespaced_config_map("helper-prompt", namespace)
-    wait_for(lambda: exists(core.read_namespaced_config_map, "helper-prompt", namespace), "ConfigMap back")
+    k8s_api.delete(kube.path("apps/v1", "deployments", "helper", namespace=namespace))
+
+    def recreated() -> bool:
+        again = child(k8s_api, "Deployment", namespace, "helper")
+        return again is not None and again["metadata"]["uid"] != first_uid
+
+    assert eventually("the hand-deleted Deployment to be recreated", recreated)
+    k8s_api.delete(kube.path("v1", "configmaps", "helper-prompt", namespace=namespace))
+    eventually("ConfigMap back", lambda: child(k8s_api, "ConfigMap", namespace, "helper-prompt"))
 
     kubectl("delete", "agdep", "helper", "--wait=true")
-    wait_for(
+    eventually(
+        "garbage collection of Deployment, ConfigMap and Service",
         lambda: (
             not any(
                 (
-                    exists(apps.read_namespaced_deployment, "helper", namespace),
-                    exists(core.read_namespaced_config_map, "helper-prompt", namespace),
-                    exists(core.read_namespaced_service, "helper-metrics", namespace),
+                    child(k8s_api, "Deployment", namespace, "helper"),
+                    child(k8s_api, "ConfigMap", namespace, "helper-prompt"),
+                    child(k8s_api, "Service", namespace, "helper-metrics"),
                 )
             )
         ),
-        "garbage collection of Deployment, ConfigMap and Service",
-        timeout=60,
+        within=60,
     )
 
 
@@ -166,7 +162,7 @@ def test_missing_secret_is_a_condition_with_a_message_not_a_crash(
         ready = condition(agdep(kubectl, "keyed"), "Ready")
         return ready if ready and ready["reason"] == "SecretNotFound" else None
 
-    ready = wait_for(not_found, "Ready=False/SecretNotFound")
+    ready = eventually("Ready=False/SecretNotFound", not_found)
     assert ready["status"] == "False"
     assert "llm-key" in ready["message"]
     assert "does not exist" in ready["message"]
@@ -177,16 +173,18 @@ def test_missing_secret_is_a_condition_with_a_message_not_a_crash(
 
     # Once the Secret exists the agent uses it (the pod starts, the condition clears).
     kubectl("create", "secret", "generic", "llm-key", "--from-literal=api-key=not-a-real-key")
-    wait_for(
-        lambda: (condition(agdep(kubectl, "keyed"), "Ready") or {}).get("reason") != "SecretNotFound",
+    eventually(
         "the condition to clear after the Secret appears",
+        lambda: (condition(agdep(kubectl, "keyed"), "Ready") or {}).get("reason") != "SecretNotFound",
     )
     assert agdep(kubectl, "keyed")["status"]["effectiveProvider"] == "anthropic"
 
 
-def _revisions(kubectl: Kubectl, agent: str) -> list[dict[str, Any]]:
+def _revisions(kubectl: Kubectl, agent: str, count: int | None = None) -> list[dict[str, Any]] | None:
+    """The agent's revisions in order; None if ``count`` is given and there are not exactly that many."""
     items = kubectl.json("get", "agrev", "-l", f"agentops.agentops.io/agent={agent}")["items"]
-    return sorted(items, key=lambda r: r["spec"]["revision"])
+    found = sorted(items, key=lambda r: r["spec"]["revision"])
+    return None if count is not None and len(found) != count else found
 
 
 def _stamp_patch(prompt: str, previous: str, user: str, groups: list[str], reason: str) -> str:
@@ -213,7 +211,7 @@ def test_prompt_change_by_impersonated_user_makes_exactly_one_revision_and_rollb
     kubectl: Kubectl, namespace: str, controller: ControllerProcess, control_plane: Any
 ) -> None:
     kubectl("apply", "-f", "-", input=SMALL_AGENT.format(name="writer", replicas=0))
-    wait_for(lambda: len(_revisions(kubectl, "writer")) == 1, "revision 1")
+    eventually("revision 1", lambda: _revisions(kubectl, "writer", count=1))
     # alice may edit agents in this namespace, nothing else.
     kubectl("create", "role", "agent-editor", "--verb=get,patch,update", "--resource=agentdeployments")
     kubectl("create", "rolebinding", "alice-edits", "--role=agent-editor", "--user=alice")
@@ -223,7 +221,7 @@ def test_prompt_change_by_impersonated_user_makes_exactly_one_revision_and_rollb
     patch = _stamp_patch(new_prompt, prompt_sha256(old_prompt), "alice", ["team-a"], "be polite")
     kubectl("patch", "agdep", "writer", "--type=merge", "-p", patch, as_user="alice", as_groups=["team-a"])
 
-    revisions = wait_for(lambda: (r := _revisions(kubectl, "writer")) and len(r) == 2 and r, "revision 2")
+    revisions = eventually("revision 2", lambda: _revisions(kubectl, "writer", count=2))
     second = revisions[1]["spec"]
     assert second["revision"] == 2
     assert second["author"] == {"username": "alice", "uid": "uid-alice", "groups": ["team-a"]}
@@ -235,13 +233,19 @@ def test_prompt_change_by_impersonated_user_makes_exactly_one_revision_and_rollb
     # Exactly one per change, also across a controller crash and restart.
     controller.kill()
     controller.start()
-    wait_for(lambda: "controller started" in controller.output(), "controller restart")
-    kubectl("annotate", "agdep", "writer", "touch=1")  # an event after the restart
-    wait_for(lambda: (agdep(kubectl, "writer")["metadata"].get("annotations") or {}).get("touch"), "touch")
-    import time
+    eventually("controller restart", lambda: "controller started" in controller.output())
+    # A spec change that keeps the prompt: once the restarted controller reports its generation, it
+    # has reconciled the agent (prompt hash check included) after the restart, and made no revision.
+    kubectl("patch", "agdep", "writer", "--type=merge", "-p", '{"spec":{"limits":{"maxConcurrentTasks":3}}}')
+    generation = agdep(kubectl, "writer")["metadata"]["generation"]
 
-    time.sleep(3)
-    assert len(_revisions(kubectl, "writer")) == 2
+    def observed() -> dict[str, Any] | None:
+        status: dict[str, Any] = agdep(kubectl, "writer").get("status") or {}
+        return status if status.get("observedGeneration") == generation else None
+
+    settled = eventually(f"status.observedGeneration {generation} from the restarted controller", observed)
+    assert settled["promptRevision"] == 2
+    assert [r["spec"]["revision"] for r in _revisions(kubectl, "writer") or []] == [1, 2]
 
     history = subprocess.run(
         [sys.executable, "-m", "agentops", "history", "writer", "-n", namespace,
@@ -261,8 +265,9 @@ def test_prompt_change_by_impersonated_user_makes_exactly_one_revision_and_rollb
     obj = agdep(kubectl, "writer")
     assert obj["spec"]["systemPrompt"] == old_prompt
     assert obj["metadata"]["annotations"][CHANGE_REASON] == "too chatty"
-    revisions = wait_for(
-        lambda: (r := _revisions(kubectl, "writer")) and len(r) == 3 and r, "rollback revision"
+    revisions = eventually(
+        "rollback revision",
+        lambda: _revisions(kubectl, "writer", count=3),
     )
     assert revisions[2]["spec"]["prompt"] == old_prompt
     assert revisions[2]["spec"]["reason"] == "too chatty"
@@ -270,7 +275,7 @@ def test_prompt_change_by_impersonated_user_makes_exactly_one_revision_and_rollb
 
 def test_with_an_api_key_the_local_stack_gives_agents_claude_through_a_secret(
     kubectl: Kubectl,
-    k8s_api: client.ApiClient,
+    k8s_api: kube.Client,
     namespace: str,
     redis_url: str,
     control_plane: Any,
@@ -287,38 +292,39 @@ def test_with_an_api_key_the_local_stack_gives_agents_claude_through_a_secret(
     try:
         kubectl("apply", "-f", "-", input=SMALL_AGENT.format(name="claude", replicas=1))
         # No key yet: the offline provider, said plainly.
-        wait_for(
+        eventually(
+            "the offline fallback",
             lambda: (
                 (agdep(kubectl, "claude").get("status") or {}).get("effectiveProvider")
                 == "offline (no API key)"
             ),
-            "the offline fallback",
         )
         # The launcher stores ANTHROPIC_API_KEY in every namespace with agents; the agent switches.
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-real")
         launcher = Launcher(k8s_api, namespace, tmp_path / "agents")
         launcher.ensure_api_key_secrets()
         assert namespace in launcher.keyed_namespaces
-        wait_for(
-            lambda: (agdep(kubectl, "claude").get("status") or {}).get("effectiveProvider") == "anthropic",
+        eventually(
             "provider anthropic from the default Secret",
+            lambda: (agdep(kubectl, "claude").get("status") or {}).get("effectiveProvider") == "anthropic",
         )
-        deployment: Any = client.AppsV1Api(k8s_api).read_namespaced_deployment("claude", namespace)
-        env_vars = {e.name: e for e in deployment.spec.template.spec.containers[0].env}
-        assert env_vars["AGENTOPS_PROVIDER"].value == "anthropic"
-        ref = env_vars["AGENTOPS_API_KEY"].value_from.secret_key_ref
-        assert (ref.name, ref.key) == (API_KEY_SECRET, "api-key")
+        env_vars = _env(child(k8s_api, "Deployment", namespace, "claude") or {})
+        assert env_vars["AGENTOPS_PROVIDER"]["value"] == "anthropic"
+        ref = env_vars["AGENTOPS_API_KEY"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == (API_KEY_SECRET, "api-key")
 
         # The launcher resolves the key exactly as a kubelet would.
         def keyed_pod() -> Any:
-            pods: Any = client.CoreV1Api(k8s_api).list_namespaced_pod(namespace, label_selector=LABEL_AGENT)
-            for pod in pods.items:
-                for var in pod.spec.containers[0].env:
-                    if var.name == "AGENTOPS_API_KEY":
+            pods = k8s_api.list_items(
+                kube.path("v1", "pods", namespace=namespace), label_selector=LABEL_AGENT
+            )
+            for pod in pods:
+                for var in pod["spec"]["containers"][0].get("env") or []:
+                    if var["name"] == "AGENTOPS_API_KEY":
                         return pod, var
             return None
 
-        pod, api_key_var = wait_for(keyed_pod, "a pod of the re-rendered template")
+        pod, api_key_var = eventually("a pod of the re-rendered template", keyed_pod)
         assert launcher._resolve(pod, api_key_var) == "sk-ant-test-not-real"
     finally:
         proc.stop()

@@ -9,12 +9,12 @@ import json
 from typing import Any
 
 import redis
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
+import kube
 from contracts.keys import task_stream
-from tests.controller.conftest import ControllerProcess, wait_for
+from tests.controller.conftest import ControllerProcess
 from tests.support.kubectl import Kubectl
+from tests.support.waiting import eventually
 
 SCALED_AGENT = """\
 apiVersion: agentops.agentops.io/v1alpha1
@@ -38,30 +38,28 @@ spec: {replicas: {max: 3}}
 """
 
 
-def replicas(k8s_api: client.ApiClient, namespace: str, name: str) -> tuple[int, int]:
-    """(AgentDeployment spec.replicas, Deployment spec.replicas)."""
-    custom = client.CustomObjectsApi(k8s_api)
-    agent: Any = custom.get_namespaced_custom_object(
-        "agentops.agentops.io", "v1alpha1", namespace, "agentdeployments", name
+def replicas(k8s_api: kube.Client, namespace: str, name: str) -> tuple[int, int]:
+    """(AgentDeployment spec.replicas, Deployment spec.replicas; -1 while there is none)."""
+    agent = k8s_api.request(
+        "GET", kube.path("agentops.agentops.io/v1alpha1", "agentdeployments", name, namespace=namespace)
     )
-    try:
-        deployment: Any = client.AppsV1Api(k8s_api).read_namespaced_deployment(name, namespace)
-    except ApiException:
-        return agent["spec"]["replicas"], -1
-    return agent["spec"]["replicas"], deployment.spec.replicas
+    deployment = k8s_api.get(kube.path("apps/v1", "deployments", name, namespace=namespace))
+    return agent["spec"]["replicas"], deployment["spec"]["replicas"] if deployment else -1
 
 
 def test_backlog_scales_up_within_the_policy_ceiling_and_an_empty_queue_scales_down(
-    kubectl: Kubectl, namespace: str, redis_url: str, controller: ControllerProcess, k8s_api: client.ApiClient
+    kubectl: Kubectl, namespace: str, redis_url: str, controller: ControllerProcess, k8s_api: kube.Client
 ) -> None:
     kubectl("apply", "-f", "-", input=CEILING)
     kubectl("apply", "-f", "-", input=SCALED_AGENT.format(name="elastic", engine="builtin"))
-    wait_for(lambda: replicas(k8s_api, namespace, "elastic") == (1, 1), "the initial replica")
+    eventually("the initial replica", lambda: replicas(k8s_api, namespace, "elastic") == (1, 1))
 
     r: Any = redis.Redis.from_url(redis_url)
     for i in range(20):  # desired = ceil(20 / 2) = 10, spec max 5, policy max 3
         r.xadd(task_stream(namespace, "elastic"), {"task_id": f"t{i}", "prompt": "p", "reply_to": "x"})
-    wait_for(lambda: replicas(k8s_api, namespace, "elastic") == (3, 3), "scale-up to the policy ceiling of 3")
+    eventually(
+        "scale-up to the policy ceiling of 3", lambda: replicas(k8s_api, namespace, "elastic") == (3, 3)
+    )
     events = kubectl.json("get", "events", "--field-selector", "involvedObject.name=elastic,reason=Scaled")
     message = events["items"][0]["message"]
     assert "scaled from 1 to 3" in message
@@ -74,7 +72,7 @@ def test_backlog_scales_up_within_the_policy_ceiling_and_an_empty_queue_scales_d
         seen.append(replicas(k8s_api, namespace, "elastic"))
         return seen[-1] == (1, 1)
 
-    wait_for(scaled_down, "scale-down to minReplicas after the cool-down", timeout=30)
+    eventually("scale-down to minReplicas after the cool-down", scaled_down, within=30)
     assert max(a for a, _ in seen) <= 3
 
 
@@ -87,7 +85,7 @@ def test_keda_engine_emits_a_scaled_object_only_when_keda_is_installed(
         status = kubectl.json("get", "agdep", "kedaed").get("status") or {}
         return next((c for c in status.get("conditions", []) if c["type"] == "Autoscaling"), None)
 
-    cond = wait_for(autoscaling_condition, "the Autoscaling condition")
+    cond = eventually("the Autoscaling condition", autoscaling_condition)
     assert cond["status"] == "False"
     assert cond["reason"] == "KedaNotInstalled"
     assert "scaledobjects.keda.sh" in cond["message"]
@@ -119,13 +117,13 @@ def test_keda_engine_emits_a_scaled_object_only_when_keda_is_installed(
         kubectl(
             "patch", "agdep", "kedaed", "--type=merge", "-p", '{"spec":{"autoscaling":{"cooldownSeconds":4}}}'
         )
-        scaled = wait_for(
+        scaled = eventually(
+            "the ScaledObject",
             lambda: (
                 (r := kubectl("get", "scaledobjects.keda.sh", "kedaed", "-o", "json", check=False)).returncode
                 == 0
                 and json.loads(r.stdout)
             ),
-            "the ScaledObject",
         )
         trigger = scaled["spec"]["triggers"][0]
         assert trigger["type"] == "redis-streams"
@@ -134,8 +132,9 @@ def test_keda_engine_emits_a_scaled_object_only_when_keda_is_installed(
         assert scaled["spec"]["scaleTargetRef"]["kind"] == "AgentDeployment"
         assert scaled["spec"]["cooldownPeriod"] == 4
         assert scaled["metadata"]["ownerReferences"][0]["name"] == "kedaed"
-        wait_for(
-            lambda: (autoscaling_condition() or {}).get("reason") == "KedaScaledObject", "condition update"
+        eventually(
+            "condition update",
+            lambda: (autoscaling_condition() or {}).get("reason") == "KedaScaledObject",
         )
     finally:
         cluster_kubectl("delete", "crd", "scaledobjects.keda.sh", "--wait=false", check=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from contracts.resources import AgentPipelineSpec, StepStatus
 from contracts.templates import TemplateError
 from controller import dag
+from policies.engine import AdmissionRequest, PolicySet, UserInfo, validate
 
 
 def spec(*steps: dict[str, Any], fail_fast: bool = True) -> AgentPipelineSpec:
@@ -93,3 +95,39 @@ def test_progress_and_truncation() -> None:
     assert cut
     assert text.startswith("x" * dag.STATUS_OUTPUT_LIMIT)
     assert "agentops pipeline output" in text
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        (step("a", "b"), step("b", "a")),
+        (step("a", "a"),),
+        (step("x"), step("a", "c"), step("b", "a"), step("c", "b")),
+    ],
+)
+def test_a_cycle_is_named_in_the_admission_rules_words(steps: tuple[dict[str, Any], ...]) -> None:
+    # The controller's InvalidGraph condition and the webhook's denial read the same.
+    pipeline = {
+        "apiVersion": "agentops.agentops.io/v1alpha1",
+        "kind": "AgentPipeline",
+        "metadata": {"name": "p", "namespace": "team"},
+        "spec": {"input": {"topic": "AI"}, "steps": list(steps)},
+    }
+    admission = validate(
+        AdmissionRequest(
+            uid="u",
+            kind="AgentPipeline",
+            operation="CREATE",
+            namespace="team",
+            name="p",
+            object=pipeline,
+            old_object=None,
+            user=UserInfo("alice"),
+            now=datetime(2026, 1, 2, tzinfo=UTC),
+        ),
+        PolicySet(),
+    )
+    message = dag.validate_graph(spec(*steps))
+    assert message is not None
+    assert message.startswith("spec.steps: dependency cycle ")
+    assert message in admission.denials

@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
-from tests.controller.conftest import ControllerProcess, wait_for
+from tests.controller.conftest import ControllerProcess
 from tests.support.kubectl import Kubectl
 from tests.support.seed import SEED_AGENT, SEED_PIPELINE
+from tests.support.waiting import eventually
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "manifests"
 SUMMARIZER = Path(__file__).resolve().parents[2] / "deploy" / "samples" / "summarizer-agent.yaml"
@@ -92,17 +93,17 @@ def test_least_privilege_controller_with_leader_election_and_failover(
         kubectl("apply", "-f", "-", input=SEED_AGENT)
         kubectl("apply", "-f", str(SUMMARIZER))
         kubectl("apply", "-f", "-", input=SEED_PIPELINE)
-        wait_for(
+        eventually(
+            "the seed pipeline under the ServiceAccount's RBAC",
             lambda: (
                 (kubectl.json("get", "agpipe", "research-then-summarize").get("status") or {}).get("phase")
                 == "Succeeded"
             ),
-            "the seed pipeline under the ServiceAccount's RBAC",
-            timeout=90,
+            within=90,
         )
         # The standby pauses behind the higher-priority leader (both may act for a moment at a
         # simultaneous start, until each has seen the other's peering record).
-        wait_for(lambda: paused(standby.output()), "the standby to pause in favour of the leader")
+        eventually("the standby to pause in favour of the leader", lambda: paused(standby.output()))
         assert "reconciling agent" in leader.output()
         at_kill = len(standby.output())
         warnings = kubectl.json("get", "events", "--field-selector", "type=Warning")["items"]
@@ -112,13 +113,13 @@ def test_least_privilege_controller_with_leader_election_and_failover(
         leader.kill()
         second = SEED_PIPELINE.replace("name: research-then-summarize", "name: after-failover")
         kubectl("apply", "-f", "-", input=second)
-        wait_for(
+        eventually(
+            "the standby to take over and run a new pipeline",
             lambda: (
                 (kubectl.json("get", "agpipe", "after-failover").get("status") or {}).get("phase")
                 == "Succeeded"
             ),
-            "the standby to take over and run a new pipeline",
-            timeout=60,
+            within=60,
         )
         assert "Resuming operations" in standby.output()[at_kill:]
     finally:

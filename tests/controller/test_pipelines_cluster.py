@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from kubernetes import client
 
+import kube
 from contracts.keys import pipeline_results_stream, task_stream
 from localstack.agents import run_local_agents
-from tests.controller.conftest import ControllerProcess, wait_for
+from tests.controller.conftest import ControllerProcess
 from tests.support.kubectl import Kubectl
 from tests.support.seed import SEED_AGENT, SEED_PIPELINE
+from tests.support.waiting import eventually
 
 SUMMARIZER = Path(__file__).resolve().parents[2] / "deploy" / "samples" / "summarizer-agent.yaml"
 
@@ -48,7 +49,9 @@ def phase(kubectl: Kubectl, name: str) -> str | None:
 
 
 def finished(kubectl: Kubectl, name: str, timeout: float = 60) -> Any:
-    wait_for(lambda: phase(kubectl, name) in ("Succeeded", "Failed"), f"pipeline {name} to finish", timeout)
+    eventually(
+        f"pipeline {name} to finish", lambda: phase(kubectl, name) in ("Succeeded", "Failed"), within=timeout
+    )
     return pipeline(kubectl, name)
 
 
@@ -61,10 +64,10 @@ def ts(value: str) -> datetime:
 
 
 def ready(kubectl: Kubectl, agent: str, replicas: int = 1) -> None:
-    wait_for(
-        lambda: (kubectl.json("get", "agdep", agent).get("status") or {}).get("readyReplicas", 0) >= replicas,
+    eventually(
         f"{agent} to have {replicas} ready replica(s)",
-        timeout=60,
+        lambda: (kubectl.json("get", "agdep", agent).get("status") or {}).get("readyReplicas", 0) >= replicas,
+        within=60,
     )
 
 
@@ -81,12 +84,12 @@ spec: {{budget: {{tokens: {tokens}, period: day, scope: Agent}}}}
     )  # fmt: skip
     kubectl("apply", "-f", "-", input=AGENT.format(name=agent, replicas=1))
     ready(kubectl, agent)
-    wait_for(
+    eventually(
+        f"{agent}'s budget to reach its status",
         lambda: (
             kubectl.json("get", "agdep", agent)["status"].get("usage", {}).get("remainingTokens") == tokens
         ),
-        f"{agent}'s budget to reach its status",
-        timeout=timeout,
+        within=timeout,
     )
 
 
@@ -210,7 +213,7 @@ def test_controller_killed_mid_pipeline_resumes_without_submitting_any_step_twic
 
     r: Any = redis.Redis.from_url(redis_url)
     # Kill while the controller is busy: as soon as the third task is in the agent's stream.
-    wait_for(lambda: r.xlen(task_stream(namespace, "chain")) >= 3, "three submitted steps", interval=0.002)
+    eventually("three submitted steps", lambda: r.xlen(task_stream(namespace, "chain")) >= 3, interval=0.002)
     controller.kill()
     killed_at = r.xlen(task_stream(namespace, "chain"))
     assert killed_at < CHAIN_LENGTH, f"the pipeline must still be running when killed ({killed_at} submitted)"
@@ -289,7 +292,7 @@ spec:
         both = len(steps) == 2 and all(s["phase"] == "Waiting" for s in steps)
         return {s["name"]: s for s in steps} if both else None
 
-    steps = wait_for(waiting, "both steps to wait")
+    steps = eventually("both steps to wait", waiting)
     assert "agent 'ghost' does not exist" in steps["ask"]["message"]
     assert "agent 'idle' has no ready replica" in steps["nudge"]["message"]
     obj = finished(kubectl, "lonely", timeout=30)
@@ -350,7 +353,7 @@ def test_deleting_a_running_pipeline_withdraws_its_queued_tasks(
         stop.set()
         launcher.join(timeout=30)
     r: Any = redis.Redis.from_url(redis_url)
-    wait_for(lambda: r.exists(task_stream(namespace, "stalled")) or r.keys("*stalled*"), "worker group")
+    eventually("worker group", lambda: r.exists(task_stream(namespace, "stalled")) or r.keys("*stalled*"))
     kubectl(
         "apply", "-f", "-",
         input="""\
@@ -363,7 +366,7 @@ spec:
     - {name: two, agentDeployment: stalled, inputs: {prompt: "second"}}
 """,
     )  # fmt: skip
-    wait_for(lambda: r.xlen(task_stream(namespace, "stalled")) == 2, "two queued tasks")
+    eventually("two queued tasks", lambda: r.xlen(task_stream(namespace, "stalled")) == 2)
     assert phase(kubectl, "abandoned") == "Running"
     kubectl("delete", "agpipe", "abandoned", "--wait=true", timeout=60)
     assert r.xlen(task_stream(namespace, "stalled")) == 0
@@ -372,7 +375,7 @@ spec:
 
 def test_budget_spent_flips_the_condition_and_posts_an_event(
     kubectl: Kubectl, namespace: str, redis_url: str, controller: ControllerProcess, local_agents: None,
-    k8s_api: client.ApiClient,
+    k8s_api: kube.Client,
 ) -> None:  # fmt: skip
     ready_under_budget(kubectl, "spender", tokens=120, timeout=15)
     r: Any = redis.Redis.from_url(redis_url)
@@ -382,12 +385,13 @@ def test_budget_spent_flips_the_condition_and_posts_an_event(
     for i in range(30):
         r.xadd(task_stream(namespace, "spender"), {"task_id": f"t{i}", "prompt": "x",
                                                      "reply_to": reply, "max_tokens": "1"})  # fmt: skip
-        entry = wait_for(lambda: r.xrange(reply)[len(statuses) : len(statuses) + 1], f"result {i}")
+        entry = eventually(f"result {i}", lambda: r.xrange(reply)[len(statuses) : len(statuses) + 1])
         statuses.append(entry[0][1][b"status"].decode())
         if statuses[-1] == "budget_exceeded":
             break
     assert "succeeded" in statuses
-    obj = wait_for(
+    obj = eventually(
+        "BudgetExceeded=True",
         lambda: (
             (o := kubectl.json("get", "agdep", "spender"))
             and any(
@@ -395,7 +399,6 @@ def test_budget_spent_flips_the_condition_and_posts_an_event(
             )
             and o
         ),
-        "BudgetExceeded=True",
     )
     usage = obj["status"]["usage"]
     assert usage["tokens"] > 0

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from localstack._process import PidFile
 from localstack.stack import COMPONENTS, Component, LocalStack, StackInfo, http_ready
 from tests.support.kubectl import Kubectl
 from tests.support.processes import processes_using
+from tests.support.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,13 +52,6 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
         LocalStack(state, components=[*COMPONENTS, _echo_component()]).down()
 
 
-def _wait_for(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(1)
-
-
 def test_up_status_down(state_dir: Path) -> None:
     up = stack_cli(state_dir, "up")
     assert up.returncode == 0, up.stderr
@@ -80,12 +73,13 @@ def test_up_status_down(state_dir: Path) -> None:
         status = kubectl.json("get", "agpipe", "research-then-summarize").get("status", {})
         return bool(status.get("phase") == "Succeeded")
 
-    _wait_for("the seed pipeline to succeed", pipeline_succeeded)
+    eventually("the seed pipeline to succeed", pipeline_succeeded, within=90)
     pipeline = kubectl.json("get", "agpipe", "research-then-summarize")["status"]
     assert "AI in healthcare" in pipeline["output"]
-    _wait_for(
+    eventually(
         "research-agent to have 3 ready replicas",
         lambda: kubectl.json("get", "agdep", "research-agent").get("status", {}).get("readyReplicas") == 3,
+        within=90,
     )
     agent = kubectl.json("get", "agdep", "research-agent")
     assert agent["status"]["effectiveProvider"] == "offline (no API key)"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from contracts.resources import LabelSelector
-from policies._selectors import compile_selector
 from policies.engine import Bound, PolicySet, effective_policy
+from policies.selectors import compile_selector
 from tests.policies.builders import NAMESPACE, agent_policy, cluster_policy, policies
 
 

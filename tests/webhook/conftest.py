@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from kubernetes import client
 
+import kube
 from certs.authority import Hosts, plan
 from certs.store import write_dir
 from webhook.registration import unregister
@@ -162,7 +162,7 @@ def start_webhook(
         time.sleep(0.2)
 
 
-def stop_webhook(hook: WebhookProcess, k8s_api: client.ApiClient) -> None:
+def stop_webhook(hook: WebhookProcess, k8s_api: kube.Client) -> None:
     hook.process.terminate()
     try:
         hook.process.wait(timeout=15)
@@ -170,12 +170,12 @@ def stop_webhook(hook: WebhookProcess, k8s_api: client.ApiClient) -> None:
         hook.process.kill()
         hook.process.wait()
     # --unregister-on-exit already did this; repeat it in case the process was killed.
-    unregister(client.AdmissionregistrationV1Api(k8s_api), hook.registration_name)
+    unregister(k8s_api, hook.registration_name)
 
 
 @pytest.fixture(scope="module")
 def webhook(
-    control_plane: Any, k8s_api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+    control_plane: Any, k8s_api: kube.Client, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WebhookProcess]:
     workdir = tmp_path_factory.mktemp("webhook")
     hook = start_webhook(control_plane, workdir, f"agentops-test-{uuid.uuid4().hex[:8]}")
@@ -185,13 +185,13 @@ def webhook(
         stop_webhook(hook, k8s_api)
 
 
-def label_namespace(k8s_api: client.ApiClient, namespace: str, label: tuple[str, str] = SCOPE_LABEL) -> str:
+def label_namespace(k8s_api: kube.Client, namespace: str, label: tuple[str, str] = SCOPE_LABEL) -> str:
     key, value = label
-    client.CoreV1Api(k8s_api).patch_namespace(namespace, {"metadata": {"labels": {key: value}}})
+    k8s_api.merge_patch(kube.path("v1", "namespaces", namespace), {"metadata": {"labels": {key: value}}})
     return namespace
 
 
 @pytest.fixture
-def gated_namespace(k8s_api: client.ApiClient, namespace: str, webhook: WebhookProcess) -> str:
+def gated_namespace(k8s_api: kube.Client, namespace: str, webhook: WebhookProcess) -> str:
     """The test's namespace, gated by the module's webhook."""
     return label_namespace(k8s_api, namespace)

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import yaml
-from kubernetes import client
 
-from certs.kube import configuration
+import kube.config
 from tests.support.kubectl import Kubectl
+from tests.support.waiting import eventually_async
 from webhook.cache import ClusterPolicyCache
 
 API_VERSION = "agentops.agentops.io/v1alpha1"
-
-
-async def eventually(check: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 def manifest(kind: str, name: str, spec: dict[str, Any], namespace: str | None = None, **meta: Any) -> str:
@@ -33,13 +22,13 @@ def manifest(kind: str, name: str, spec: dict[str, Any], namespace: str | None =
 
 
 async def test_cache_follows_policies_agents_and_namespace_labels(
-    control_plane: Any, k8s_api: client.ApiClient, kubectl: Kubectl, namespace: str
+    control_plane: Any, kubectl: Kubectl, namespace: str
 ) -> None:
-    cache = ClusterPolicyCache(configuration(control_plane.kubeconfig))
+    cache = ClusterPolicyCache(kube.config.from_kubeconfig(control_plane.kubeconfig))
     await cache.start()
     cluster_name = f"cache-test-{namespace}"
     try:
-        await eventually(lambda: cache.synced)
+        await eventually_async("the first lists", lambda: cache.synced)
         # A ClusterAgentPolicy that matches only this test's namespace, so it affects nobody else.
         kubectl(
             "apply", "-f", "-",
@@ -71,26 +60,29 @@ async def test_cache_follows_policies_agents_and_namespace_labels(
                 and snap.namespace_labels.get(namespace, {}).get("team") == "blue"
             )
 
-        await eventually(has_everything)
+        await eventually_async("every object in the snapshot", has_everything)
         snap = cache.snapshot()
         assert snap.agent_labels[(namespace, "a1")] == {"x": "1"}
         assert "PROMPT" not in repr(snap.agent_labels)  # metadata only: prompts never cached
 
         policies_before = snap.policies
         kubectl("label", "agdep", "a1", "x=2", "--overwrite")
-        await eventually(lambda: cache.snapshot().agent_labels.get((namespace, "a1")) == {"x": "2"})
+        await eventually_async(
+            "the new label", lambda: cache.snapshot().agent_labels.get((namespace, "a1")) == {"x": "2"}
+        )
         # An agent change keeps the PolicySet (and its effective-policy caches) as it was.
         assert cache.snapshot().policies is policies_before
 
         kubectl("delete", "agdep", "a1")
         kubectl("delete", "agentpolicy", "team")
         kubectl("delete", "clusteragentpolicy", cluster_name)
-        await eventually(
+        await eventually_async(
+            "every deletion",
             lambda: (
                 (namespace, "a1") not in cache.snapshot().agent_labels
                 and not any(p.metadata.namespace == namespace for p in cache.snapshot().policies.namespaced)
                 and not any(p.metadata.name == cluster_name for p in cache.snapshot().policies.cluster)
-            )
+            ),
         )
         sizes = cache.sizes()
         assert set(sizes) == {"ClusterAgentPolicy", "AgentPolicy", "AgentDeployment", "Namespace"}

@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from kubernetes import client
 
+import kube
 from policies.engine import PolicySet
 from tests.webhook.conftest import Served, serve, start_webhook, stop_webhook
 from tests.webhook.reviews import agent, cluster_policy, review
@@ -53,7 +53,7 @@ def test_a_draining_app_answers_and_closes_every_connection(served: Served, drai
         assert "close" not in admit(http).headers.get("connection", "")
         assert http.get("/readyz").status_code == 200
         drain.set()
-        # Still answering, both the admission path and FastAPI's routes, but each connection is
+        # Still answering, both the admission path and Starlette's routes, but each connection is
         # closed after its answer, and readiness takes the replica out of its Service.
         assert admit(http).headers["connection"] == "close"
         ready = http.get("/readyz")
@@ -62,7 +62,7 @@ def test_a_draining_app_answers_and_closes_every_connection(served: Served, drai
 
 
 def test_sigterm_drains_for_the_given_time_then_stops(
-    control_plane: Any, k8s_api: client.ApiClient, tmp_path: Path
+    control_plane: Any, k8s_api: kube.Client, tmp_path: Path
 ) -> None:
     hook = start_webhook(
         control_plane, tmp_path, f"agentops-drain-{uuid.uuid4().hex[:8]}", "--drain-seconds", "3"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,9 +26,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from kubernetes import client
 
+import kube
 from certs.authority import Hosts
+from certs.inject import ADMISSION
 from certs.rotation import CertManager
 from certs.store import SecretRef
 from tests.support.kubectl import Kubectl
@@ -114,7 +116,7 @@ def org_policy(gated_namespace: str, cluster_kubectl: Kubectl, kubectl: Kubectl)
 
 
 @pytest.fixture
-def bob(k8s_api: client.ApiClient, kubectl: Kubectl, gated_namespace: str) -> str:
+def bob(k8s_api: kube.Client, kubectl: Kubectl, gated_namespace: str) -> str:
     """A user who may manage agents in the test namespace (for ``kubectl --as=bob``)."""
     rbac = [
         {
@@ -354,7 +356,7 @@ ROTATION_LABEL = ("agentops.agentops.io/test-webhook-rotation", "true")
 
 
 def test_rotated_certificates_keep_admissions_working(
-    control_plane: Any, k8s_api: client.ApiClient, namespace: str, cluster_kubectl: Kubectl, tmp_path: Path
+    control_plane: Any, k8s_api: kube.Client, namespace: str, cluster_kubectl: Kubectl, tmp_path: Path
 ) -> None:
     """A webhook with a ~26 s CA and ~9 s serving certificates rotates both while we admit."""
     hook = start_webhook(
@@ -417,10 +419,14 @@ def test_rotated_certificates_keep_admissions_working(
         # local webhook never blocks the cluster.
         hook.process.terminate()
         assert hook.process.wait(timeout=15) in (0, -signal.SIGTERM)
-        admission = client.AdmissionregistrationV1Api(k8s_api)
-        configs: list[Any] = [*admission.list_mutating_webhook_configuration().items]
-        configs += admission.list_validating_webhook_configuration().items
-        assert hook.registration_name not in [c.metadata.name for c in configs]
+        names = [
+            c["metadata"]["name"]
+            for kind in ("mutating", "validating")
+            for c in k8s_api.list_items(
+                kube.path(ADMISSION, f"{kind}webhookconfigurations"), metadata_only=True
+            )
+        ]
+        assert hook.registration_name not in names
     finally:
         cluster_kubectl("delete", "clusteragentpolicy", name, "--ignore-not-found", "--wait=false")
         stop_webhook(hook, k8s_api)
@@ -432,18 +438,15 @@ SECRET_MODE_LABEL = ("agentops.agentops.io/test-webhook-secret", "true")
 
 
 def test_secret_mode_fills_the_secret_injects_the_ca_bundle_and_admits(
-    control_plane: Any, k8s_api: client.ApiClient, namespace: str, cluster_kubectl: Kubectl, tmp_path: Path
+    control_plane: Any, k8s_api: kube.Client, namespace: str, cluster_kubectl: Kubectl, tmp_path: Path
 ) -> None:
     """The in-cluster flow, minus the pod: configurations applied without caBundle (as the manifests
     are), an empty Secret, then ``python -m webhook --secret ... --mutating ... --validating ...``."""
-    core = client.CoreV1Api(k8s_api)
-    admission = client.AdmissionregistrationV1Api(k8s_api)
-    core.create_namespaced_secret(
-        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="webhook-tls"), type="Opaque")
-    )
+    secret = SecretRef(namespace, "webhook-tls")
+    k8s_api.create(kube.path("v1", "secrets", namespace=namespace), {"metadata": {"name": secret.name}})
     port = free_port()
     name = f"agentops-secret-{namespace[-8:]}"
-    register(admission, configurations(ClientConfig(url=f"https://127.0.0.1:{port}"), name=name,
+    register(k8s_api, configurations(ClientConfig(url=f"https://127.0.0.1:{port}"), name=name,
                                        scope_label=SECRET_MODE_LABEL))  # fmt: skip
     cert_dir = tmp_path / "certs"
     argv = [
@@ -472,15 +475,12 @@ def test_secret_mode_fills_the_secret_injects_the_ca_bundle_and_admits(
                 pass
             assert time.monotonic() < deadline, log_file.read_text()
             time.sleep(0.2)
-        stored = core.read_namespaced_secret("webhook-tls", namespace).data or {}
+        stored = k8s_api.request("GET", secret.path).get("data") or {}
         assert set(stored) >= {"ca.crt", "tls.crt", "tls.key", "ca-signer.crt", "ca-signer.key"}
         assert stored["ca.crt"] == base64.b64encode((cert_dir / "ca.crt").read_bytes()).decode()
-        for config in (
-            admission.read_mutating_webhook_configuration(name),
-            admission.read_validating_webhook_configuration(name),
-        ):
-            for hook in config.webhooks or []:
-                assert hook.client_config.ca_bundle in (stored["ca.crt"], (cert_dir / "ca.crt").read_bytes())
+        for kind in ("mutating", "validating"):
+            config = k8s_api.request("GET", kube.path(ADMISSION, f"{kind}webhookconfigurations", name))
+            assert [hook["clientConfig"]["caBundle"] for hook in config["webhooks"]] == [stored["ca.crt"]] * 2
         label_namespace(k8s_api, namespace, SECRET_MODE_LABEL)
         defaults = {
             "maxTokensPerCall": {"default": DEFAULT_TOKENS},
@@ -492,10 +492,7 @@ def test_secret_mode_fills_the_secret_injects_the_ca_bundle_and_admits(
         cluster_kubectl("apply", "-f", "-", input=dump(policy))
         wait_for_default(kubectl, DEFAULT_TOKENS)
         # A second replica started later adopts the same bundle from the Secret.
-        secret = SecretRef(namespace, "webhook-tls")
-        second = CertManager(
-            cert_dir=tmp_path / "replica-2", hosts=Hosts.local(), secret=secret, core_v1=core
-        )
+        second = CertManager(cert_dir=tmp_path / "replica-2", hosts=Hosts.local(), secret=secret, api=k8s_api)
         assert second.ensure().serving.cert_pem == (cert_dir / "tls.crt").read_bytes()
     finally:
         cluster_kubectl("delete", "clusteragentpolicy", policy_name, "--ignore-not-found", "--wait=false")
@@ -505,7 +502,7 @@ def test_secret_mode_fills_the_secret_injects_the_ca_bundle_and_admits(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        unregister(admission, name)
+        unregister(k8s_api, name)
 
 
 def test_a_missing_secret_is_a_clear_startup_error(
@@ -519,3 +516,21 @@ def test_a_missing_secret_is_a_clear_startup_error(
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"Secret {namespace}/not-created does not exist: create it empty" in result.stderr
+
+
+def test_without_a_cluster_configuration_the_webhook_says_how_to_give_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    argv = [
+        sys.executable,
+        "-m",
+        "webhook",
+        "--port",
+        str(free_port()),
+        "--cert-dir",
+        str(tmp_path / "certs"),
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert "--kubeconfig PATH or set $KUBECONFIG" in result.stderr
+    assert "service account" in result.stderr
+    assert not (tmp_path / "c").exists()  # nothing done before the configuration was known

@@ -15,22 +15,21 @@ import time
 from pathlib import Path
 
 from cryptography import x509
-from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from certs.authority import CertBundle, Hosts, generate_ca, issue_serving_cert, plan
 from certs.store import load_dir, write_dir
 from tests.webhook.conftest import serve
 
 
-def _app() -> FastAPI:
-    app = FastAPI()
-
-    @app.get("/healthz")
-    async def healthz() -> PlainTextResponse:
+def _app() -> Starlette:
+    async def healthz(_: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
-    return app
+    return Starlette(routes=[Route("/healthz", healthz, methods=["GET"])])
 
 
 def _fetch(port: int, ctx: ssl.SSLContext) -> tuple[int, bytes]:

@@ -1,7 +1,7 @@
-"""A local HTTP server speaking the Anthropic Messages API (and OpenAI chat completions) for the tests.
+"""A fake model server on loopback: the Anthropic Messages API and OpenAI chat completions.
 
-The real SDKs talk to it over loopback.  Behaviour is chosen by the prompt, so concurrent tasks in
-one test can each ask for something different:
+Used by the runtime's tests and the CLI's ``task`` tests; the real SDKs talk to it.  Behaviour is
+chosen by the prompt, so concurrent tasks in one test can each ask for something different:
 
 - ``hold: <rest>``          the reply waits until the test calls :meth:`FakeLLM.release` (or the next
   :meth:`FakeLLM.reset`), then ``<rest>`` is handled like any prompt; after ``release()`` no call
@@ -31,7 +31,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -39,6 +38,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from tests.support.waiting import eventually, eventually_async
 
 PROBE_PROMPT = "Reply with exactly one word: HEALTHY"
 #: A held call that nobody releases replies after this long anyway, so no handler lives forever.
@@ -75,16 +76,11 @@ class FakeLLM:
     generation: int = 0
     _failures: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Notified on every change of the counters above; :meth:`wait_until` sleeps on it.
-    _changed: threading.Condition = field(init=False)
     #: One gate per generation with held calls; set (from any thread) to let them reply.
     _gates: dict[int, asyncio.Event] = field(default_factory=dict)
     _released: bool = False
     _server_loop: asyncio.AbstractEventLoop | None = None
     url: str = ""
-
-    def __post_init__(self) -> None:
-        self._changed = threading.Condition(self._lock)
 
     def reset(self) -> None:
         with self._lock:
@@ -98,7 +94,6 @@ class FakeLLM:
             self._released = False
             gates = list(self._gates.values())  # an earlier test's held calls: let them go
             self._gates.clear()
-            self._changed.notify_all()
         self._open(gates)
 
     def release(self) -> None:
@@ -115,25 +110,11 @@ class FakeLLM:
             with contextlib.suppress(RuntimeError):  # the server's loop is already closed
                 self._server_loop.call_soon_threadsafe(gate.set)
 
-    async def wait_until(self, what: str, predicate: Callable[[], bool], within: float = 15.0) -> None:
-        """Until ``predicate`` (called with the server's lock held) is true; fail after ``within`` s.
-
-        The server notifies every change, so this returns as soon as the state is reached, without
-        polling; ``within`` only bounds how long a broken test waits.
-        """
-
-        def wait() -> bool:
-            with self._changed:
-                return self._changed.wait_for(predicate, within)
-
-        if not await asyncio.to_thread(wait):
-            with self._lock:
-                state = f"in_flight={self.in_flight} held={self.held} calls={len(self.calls)}"
-            raise AssertionError(f"the fake LLM server never had {what} within {within} s ({state})")
-
     async def wait_held(self, count: int, within: float = 15.0) -> None:
         """Until at least ``count`` calls of this test are held at the server."""
-        await self.wait_until(f"{count} held calls", lambda: self.held >= count, within)
+        await eventually_async(
+            f"{count} held calls at the fake LLM server", lambda: self.held >= count, within
+        )
 
     async def _hold(self, generation: int) -> None:
         """Wait for :meth:`release` (or :meth:`reset`) of ``generation``, at most HOLD_LIMIT_SECONDS."""
@@ -145,7 +126,6 @@ class FakeLLM:
                 self._server_loop = asyncio.get_running_loop()
                 gate = self._gates[generation] = asyncio.Event()
             self.held += 1
-            self._changed.notify_all()
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(gate.wait(), HOLD_LIMIT_SECONDS)
@@ -153,7 +133,6 @@ class FakeLLM:
             with self._lock:
                 if generation == self.generation:
                     self.held -= 1
-                    self._changed.notify_all()
 
     def task_calls(self) -> list[Call]:
         """Calls other than probes."""
@@ -189,14 +168,12 @@ class FakeLLM:
             self.calls.append(Call(prompt, system, max_tokens, api_key, time.time()))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            self._changed.notify_all()
             return self.generation
 
     def _leave(self, generation: int) -> None:
         with self._lock:
             if generation == self.generation:
                 self.in_flight -= 1
-                self._changed.notify_all()
 
     async def messages(self, request: Request) -> JSONResponse:
         body = await request.json()
@@ -285,11 +262,7 @@ class FakeLLMServer:
 
     def start(self) -> FakeLLM:
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the fake LLM server did not start")
-            time.sleep(0.01)
+        eventually("the fake LLM server to start", lambda: self._server.started, within=10, interval=0.01)
         return self.llm
 
     def stop(self) -> None:

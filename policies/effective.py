@@ -42,14 +42,14 @@ from contracts.resources import (
     PolicyMode,
     PolicySpec,
 )
-from policies._selectors import CompiledSelector, compile_selector
+from policies.selectors import CompiledSelector, compile_selector
 
 #: Most severe first; the order in which bounds are checked.
 MODES: tuple[PolicyMode, ...] = ("Enforce", "Warn", "Audit")
 
 LIMIT_NAMES: tuple[str, ...] = Limits.NAMES
-_LIMIT_ATTRS = {"maxTokensPerCall": "max_tokens_per_call", "maxConcurrentTasks": "max_concurrent_tasks",
-                "timeoutSeconds": "timeout_seconds"}  # fmt: skip
+#: limit name (``maxTokensPerCall``) -> attribute (``max_tokens_per_call``) on Limits and LimitRules.
+LIMIT_ATTRS: dict[str, str] = Limits.fields_by_alias()
 
 
 def _limit_max(attr: str) -> Callable[[PolicySpec], int | None]:
@@ -62,7 +62,7 @@ def _limit_max(attr: str) -> Callable[[PolicySpec], int | None]:
 
 #: Bounded values: policy field path -> (how to read it from a policy spec, True if it is a floor).
 _BOUNDS: dict[str, tuple[Callable[[PolicySpec], int | None], bool]] = {
-    **{f"limits.{name}.max": (_limit_max(attr), False) for name, attr in _LIMIT_ATTRS.items()},
+    **{f"limits.{name}.max": (_limit_max(attr), False) for name, attr in LIMIT_ATTRS.items()},
     "replicas.max": (lambda s: s.replicas.max if s.replicas else None, False),
     "prompts.maxBytes": (lambda s: s.prompts.max_bytes if s.prompts else None, False),
     "pipelines.maxSteps": (lambda s: s.pipelines.max_steps if s.pipelines else None, False),
@@ -210,7 +210,7 @@ def entry_of(policy: ClusterAgentPolicy | AgentPolicy) -> PolicyEntry:
         ),
         defaults=tuple(
             (name, rule.default)
-            for name, attr in _LIMIT_ATTRS.items()
+            for name, attr in LIMIT_ATTRS.items()
             if (rule := getattr(policy.spec.limits, attr, None) if policy.spec.limits else None) is not None
             and rule.default is not None
         ),
