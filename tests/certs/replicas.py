@@ -20,7 +20,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from cryptography import x509
 
 import kube
 from certs.store import SecretRef
+from tests.support.waiting import eventually
 from webhook.registration import ClientConfig, configurations
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,23 +85,26 @@ def manifest_rules(
     return renamed(cluster_role["rules"]), role_rules
 
 
+def _allowed(k8s_api: kube.Client, user: str, attrs: dict[str, str]) -> bool:
+    """True when a SubjectAccessReview allows ``user`` ``attrs``; else raises, naming them."""
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {"user": user, "resourceAttributes": attrs},
+    }
+    answer = k8s_api.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+    assert answer["status"].get("allowed"), f"RBAC does not allow {user}: {attrs}"
+    return True
+
+
 def _wait_allowed(k8s_api: kube.Client, user: str, checks: Sequence[dict[str, str]]) -> None:
     """Until RBAC (whose informers lag a little) allows ``user`` everything in ``checks``."""
-    deadline = time.monotonic() + 20
-    pending = list(checks)
-    while pending:
-        attrs = pending[0]
-        review = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SubjectAccessReview",
-            "spec": {"user": user, "resourceAttributes": attrs},
-        }
-        answer = k8s_api.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
-        if answer["status"].get("allowed"):
-            pending.pop(0)
-            continue
-        assert time.monotonic() < deadline, f"RBAC never allowed {user}: {attrs}"
-        time.sleep(0.1)
+    eventually(
+        f"RBAC to allow {user}",
+        lambda: all(_allowed(k8s_api, user, a) for a in checks),
+        within=20,
+        interval=0.1,
+    )
 
 
 @contextlib.contextmanager
@@ -310,18 +313,18 @@ def start_replica(
 
 
 def wait_ready(replicas: Sequence[Replica], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(replicas)
-    while pending:
-        for replica in list(pending):
-            assert replica.alive(), f"{replica.name} exited {replica.process.returncode}:\n{replica.logs()}"
-            if replica.ready():
-                pending.remove(replica)
-        if pending:
-            assert time.monotonic() < deadline, "not ready in time:\n" + "\n".join(
-                f"--- {r.name}\n{r.logs()}" for r in pending
-            )
-            time.sleep(0.2)
+    """Until every replica answers ``/readyz`` with 200; fails at once, with its log, if one exits."""
+
+    def ready_or_one_exited() -> bool:
+        return not all(r.alive() for r in replicas) or all(r.ready() for r in replicas)
+
+    try:
+        eventually(f"{len(replicas)} replicas to be ready", ready_or_one_exited, within=timeout, interval=0.2)
+    except AssertionError as exc:
+        logs = "\n".join(f"--- {r.name}\n{r.logs()}" for r in replicas if not r.ready())
+        raise AssertionError(f"{exc}\n{logs}") from exc
+    for replica in replicas:
+        assert replica.alive(), f"{replica.name} exited {replica.process.returncode}:\n{replica.logs()}"
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from typing import Any
 from cryptography import x509
 
 import kube
-from certs.authority import split_pem
+from certs.authority import CertBundle, split_pem
 from certs.inject import ADMISSION
 from certs.store import SecretRef, load_secret
 from tests.certs.replicas import (
@@ -31,6 +31,7 @@ from tests.certs.replicas import (
     webhook_identity,
     writes_since,
 )
+from tests.support.waiting import eventually
 from webhook.registration import register, unregister
 
 GROUP, VERSION = "agentops.agentops.io", "v1alpha1"
@@ -193,15 +194,20 @@ def test_both_replicas_rotate_serving_certificates_and_the_ca_with_zero_failed_a
             assert overlap_seen, "caBundle never carried the old and the new CA together"
 
             # Both end up serving the Secret's current certificate (whatever renewal is latest by now).
-            final_deadline = time.monotonic() + 20
-            while True:
+            def serving_the_secrets_certificate() -> CertBundle:
                 current = load_secret(k8s_api, empty_secret).bundle
                 assert current is not None
                 served = [r.served_certificate(current.trusted_pem).serial_number for r in replicas]
-                if served == [current.serving.certificate.serial_number] * 2:
-                    break
-                assert time.monotonic() < final_deadline, f"replicas serve {served}, Secret holds {current}"
-                time.sleep(0.1)
+                held = current.serving.certificate.serial_number
+                assert served == [held] * 2, f"replicas serve {served}, the Secret holds {held}"
+                return current
+
+            current = eventually(
+                "both replicas to serve the Secret's certificate",
+                serving_the_secrets_certificate,
+                within=20,
+                interval=0.1,
+            )
             assert current.serving.certificate.serial_number != first.serving.certificate.serial_number
 
             # Every admission went through both replicas (one entry per replica in each configuration).
@@ -209,20 +215,25 @@ def test_both_replicas_rotate_serving_certificates_and_the_ca_with_zero_failed_a
                 for endpoint in ("mutate", "validate"):
                     seen = replica.metric("agentops_webhook_requests_total", endpoint=endpoint)
                     assert seen >= admitted, f"{replica.name} /{endpoint}: {seen} < {admitted}"
+
             # Each renewal was written once, by one replica: the Secret's write history has exactly
             # as many updates as the replicas logged renewals (losers adopted, they did not write).
             # (A replica logs a renewal just after writing it, so the two are compared until they
             # agree, bounded: a renewal may be in flight at the moment we look.)
-            agree_deadline = time.monotonic() + 10
-            while True:
+            def writes_agree_with_renewals() -> tuple[list[str], int]:
                 logs = [r.logs() for r in replicas]
                 renewals = sum(log.count("certificates renewed") for log in logs)
                 final = load_secret(k8s_api, empty_secret)
                 writes = writes_since(k8s_api, empty_secret.path, secret_before, final.resource_version)
-                if writes == renewals or time.monotonic() > agree_deadline:
-                    break
-                time.sleep(0.2)
-            assert writes == renewals, f"{writes} Secret writes for {renewals} renewals"
+                assert writes == renewals, f"{writes} Secret writes for {renewals} renewals"
+                return logs, writes
+
+            logs, writes = eventually(
+                "the Secret's writes to match the renewals logged",
+                writes_agree_with_renewals,
+                within=10,
+                interval=0.2,
+            )
             for log in logs:
                 assert "not allowed to watch" not in log
                 assert "rotation cycle failed" not in log

@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -217,7 +216,12 @@ def test_controller_killed_mid_pipeline_resumes_without_submitting_any_step_twic
     controller.kill()
     killed_at = r.xlen(task_stream(namespace, "chain"))
     assert killed_at < CHAIN_LENGTH, f"the pipeline must still be running when killed ({killed_at} submitted)"
-    time.sleep(1)  # results keep arriving while the controller is down
+    # Results keep arriving while the controller is down: the restarted one must take them up.
+    eventually(
+        "the results of every step submitted before the kill",
+        lambda: r.xlen(pipeline_results_stream(namespace, "long-chain")) >= killed_at,
+        within=30,
+    )
     controller.start()
 
     obj = finished(kubectl, "long-chain", timeout=120)

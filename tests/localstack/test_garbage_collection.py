@@ -6,12 +6,11 @@ agent: it sets an ownerReference and never deletes them itself.
 
 from __future__ import annotations
 
-import time
-
 import yaml
 
 from tests.support.kubectl import Kubectl
 from tests.support.seed import SEED_AGENT
+from tests.support.waiting import eventually
 
 
 def test_deleting_agent_deletes_owned_configmap(kubectl: Kubectl) -> None:
@@ -40,9 +39,11 @@ def test_deleting_agent_deletes_owned_configmap(kubectl: Kubectl) -> None:
 
     kubectl("delete", "agdep", "research-agent", "--wait=false")
 
-    deadline = time.monotonic() + 60
-    while kubectl("get", "configmap", "research-agent-prompt", check=False).returncode == 0:
-        assert time.monotonic() < deadline, "the garbage collector did not delete the owned ConfigMap in 60s"
-        time.sleep(0.2)
+    eventually(
+        "the garbage collector to delete the owned ConfigMap",
+        lambda: "(NotFound)" in kubectl("get", "configmap", "research-agent-prompt", check=False).stderr,
+        within=60,
+        interval=0.2,
+    )
     # The collector deleted only what the agent owned.
     assert kubectl("get", "configmap", "unrelated", check=False).returncode == 0

@@ -20,7 +20,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import uvicorn
 import kube
 from certs.authority import Hosts, plan
 from certs.store import write_dir
+from tests.support.waiting import eventually
 from webhook.registration import unregister
 from webhook.tls import ReloadingTLS
 
@@ -87,11 +87,9 @@ def serve(app: Any, cert_dir: Path, *, poll_interval: float = 0.05) -> Iterator[
     thread = threading.Thread(target=lambda: server.run(sockets=[sock]), daemon=True)
     thread.start()
     tls.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
+    eventually("uvicorn to start", lambda: server.started or not thread.is_alive(), within=10, interval=0.01)
+    if not server.started:
+        raise RuntimeError("uvicorn's thread ended before it started serving")
     try:
         yield Served(f"https://127.0.0.1:{port}", cert_dir / "ca.crt", tls)
     finally:
@@ -145,21 +143,32 @@ def start_webhook(
     with log_file.open("wb") as out:
         process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
     hook = WebhookProcess(url, cert_dir, log_file, name, process)
-    deadline = time.monotonic() + 60
-    while True:
+    wait_ready(hook)
+    return hook
+
+
+def wait_ready(hook: WebhookProcess, within: float = 60.0) -> None:
+    """Until ``/readyz`` answers 200 (certificates written, policy cache synced).
+
+    Fails at once, with the process's log, if it exits; killed, with its log, if never ready.
+    """
+
+    def ready_or_exited() -> bool:
         if not hook.alive():
-            raise RuntimeError(f"python -m webhook exited {process.returncode}:\n{hook.logs()}")
-        if (cert_dir / "ca.crt").exists():
-            try:
-                with hook.client(timeout=2) as http:
-                    if http.get("/readyz").status_code == 200:
-                        return hook
-            except httpx.HTTPError:
-                pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"webhook not ready within 60 s:\n{hook.logs()}")
-        time.sleep(0.2)
+            return True
+        # Raises until ca.crt exists and the port listens: "not yet" to eventually().
+        with hook.client(timeout=2) as http:
+            return http.get("/readyz").status_code == 200
+
+    try:
+        eventually(
+            "python -m webhook to answer /readyz with 200", ready_or_exited, within=within, interval=0.2
+        )
+    except AssertionError as exc:
+        hook.process.kill()
+        raise AssertionError(f"{exc}\n--- webhook log ---\n{hook.logs()}") from exc
+    if not hook.alive():
+        raise RuntimeError(f"python -m webhook exited {hook.process.returncode}:\n{hook.logs()}")
 
 
 def stop_webhook(hook: WebhookProcess, k8s_api: kube.Client) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 import kube
 from policies.engine import PolicySet
+from tests.support.waiting import eventually
 from tests.webhook.conftest import Served, serve, start_webhook, stop_webhook
 from tests.webhook.reviews import agent, cluster_policy, review
 from webhook.app import create_app
@@ -72,13 +73,12 @@ def test_sigterm_drains_for_the_given_time_then_stops(
             assert http.get("/readyz").status_code == 200
             hook.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
-
-            def draining() -> bool:
-                return http.get("/readyz").status_code == 503
-
-            while not draining():
-                assert time.monotonic() - signalled < 2, "SIGTERM did not start the drain"
-                time.sleep(0.05)
+            eventually(
+                "SIGTERM to start the drain (/readyz 503)",
+                lambda: http.get("/readyz").status_code == 503,
+                within=2,
+                interval=0.05,
+            )
             assert hook.alive()
         # New connections are still accepted during the drain, and answered.
         with hook.client(timeout=5) as http:

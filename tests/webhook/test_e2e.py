@@ -18,12 +18,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -33,6 +31,7 @@ from certs.inject import ADMISSION
 from certs.rotation import CertManager
 from certs.store import SecretRef
 from tests.support.kubectl import Kubectl
+from tests.support.waiting import eventually
 from tests.webhook.conftest import (
     SCOPE_LABEL,
     WebhookProcess,
@@ -40,6 +39,7 @@ from tests.webhook.conftest import (
     label_namespace,
     start_webhook,
     stop_webhook,
+    wait_ready,
 )
 from webhook.registration import ClientConfig, configurations, register, unregister
 
@@ -73,22 +73,23 @@ def cluster_policy(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def wait_for_default(kubectl: Kubectl, tokens: int, timeout: float = 20.0) -> None:
-    """Until a dry-run agent without limits comes back with ``tokens`` filled in."""
-    deadline = time.monotonic() + timeout
+def default_filled_in(kubectl: Kubectl, tokens: int) -> bool:
+    """True when a dry-run agent without limits comes back with ``tokens`` filled in; else raises,
+    saying what came back."""
     probe = dump(agent("policy-probe"))
-    last = ""
-    while time.monotonic() < deadline:
-        result = kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-", input=probe, check=False)
-        if result.returncode == 0:
-            got = json.loads(result.stdout)["spec"].get("limits", {}).get("maxTokensPerCall")
-            if got == tokens:
-                return
-            last = f"maxTokensPerCall={got}"
-        else:
-            last = result.stderr.strip()
-        time.sleep(0.1)
-    raise AssertionError(f"policy not in effect after {timeout} s; last probe: {last}")
+    result = kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-", input=probe)
+    got = json.loads(result.stdout)["spec"].get("limits", {}).get("maxTokensPerCall")
+    assert got == tokens, f"the probe came back with maxTokensPerCall={got}"
+    return True
+
+
+def wait_for_default(kubectl: Kubectl, tokens: int) -> None:
+    eventually(
+        f"policy default {tokens} in effect",
+        lambda: default_filled_in(kubectl, tokens),
+        within=20,
+        interval=0.1,
+    )
 
 
 @pytest.fixture
@@ -211,18 +212,13 @@ def test_warn_mode_shows_kubectl_warnings_and_allows(
     warn = cluster_policy(name, gated_namespace, mode="Warn", limits={"maxTokensPerCall": {"max": 1000}})
     cluster_kubectl("apply", "-f", "-", input=dump(warn))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            dry = kubectl(
-                "apply",
-                "--dry-run=server",
-                "-f",
-                "-",
-                input=dump(agent("chatty", limits=limits(tokens=2000))),
-            )
-            if "Warning:" in dry.stderr or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        chatty = dump(agent("chatty", limits=limits(tokens=2000)))
+        eventually(
+            "the Warn policy in effect (a dry run comes back with a warning)",
+            lambda: "Warning:" in kubectl("apply", "--dry-run=server", "-f", "-", input=chatty).stderr,
+            within=20,
+            interval=0.1,
+        )
         result = kubectl("apply", "-f", "-", input=dump(agent("chatty", limits=limits(tokens=2000))))
         assert (
             f"Warning: spec.limits.maxTokensPerCall: 2000 exceeds 1000 set by ClusterAgentPolicy/{name}"
@@ -380,26 +376,38 @@ def test_rotated_certificates_keep_admissions_working(
         first_ca = (hook.cert_dir / "ca-signer.crt").read_bytes()
         first_serving = (hook.cert_dir / "tls.crt").read_bytes()
         admitted = 0
+        after_ca_rotation = 0
         failures: list[str] = []
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
+
+        def admit_until_both_rotated() -> bool:
+            """One admission; True once both certificates rotated and admissions went on after the CA's,
+            else raises, saying how far it got."""
+            nonlocal admitted, after_ca_rotation
+            ca_rotated = (hook.cert_dir / "ca-signer.crt").read_bytes() != first_ca
             result = kubectl(
-                "apply",
-                "--dry-run=server",
-                "-o",
-                "json",
-                "-f",
-                "-",
-                input=dump(agent(f"a{admitted}")),
-                check=False,
-            )
+                "apply", "--dry-run=server", "-o", "json", "-f", "-",
+                input=dump(agent(f"a{admitted}")), check=False,
+            )  # fmt: skip
             if result.returncode != 0:
                 failures.append(result.stderr.strip())
             elif json.loads(result.stdout)["spec"]["limits"]["maxTokensPerCall"] == DEFAULT_TOKENS:
                 admitted += 1
-            ca_rotated = (hook.cert_dir / "ca-signer.crt").read_bytes() != first_ca
-            if ca_rotated and admitted > 20 and time.monotonic() > deadline - 30:
-                break
+                after_ca_rotation += ca_rotated
+            serving_rotated = (hook.cert_dir / "tls.crt").read_bytes() != first_serving
+            done = serving_rotated and admitted > 20 and after_ca_rotation >= 10
+            assert done, (
+                f"serving certificate rotated: {serving_rotated}; {admitted} admitted,"
+                f" {after_ca_rotation} after the CA rotated; {len(failures)} failed"
+            )
+            return True
+
+        # interval 0: each admission is a kubectl run, which paces the stream by itself.
+        eventually(
+            "both certificates rotated under a stream of admissions",
+            admit_until_both_rotated,
+            within=40,
+            interval=0,
+        )
         assert (hook.cert_dir / "tls.crt").read_bytes() != first_serving, "serving cert never rotated"
         assert (hook.cert_dir / "ca-signer.crt").read_bytes() != first_ca, "CA never rotated"
         assert failures == [], f"{len(failures)} admissions failed during rotation, first: {failures[0]}"
@@ -460,21 +468,8 @@ def test_secret_mode_fills_the_secret_injects_the_ca_bundle_and_admits(
     kubectl = cluster_kubectl.in_namespace(namespace)
     policy_name = f"org-{namespace}"
     try:
-        deadline = time.monotonic() + 60
-        while not (cert_dir / "ca.crt").exists():
-            assert process.poll() is None, log_file.read_text()
-            assert time.monotonic() < deadline, log_file.read_text()
-            time.sleep(0.2)
-        hook_process = WebhookProcess(f"https://127.0.0.1:{port}", cert_dir, log_file, name, process)
-        while True:  # ready = the policy cache has synced; before that it denies everything
-            try:
-                with hook_process.client(timeout=2) as http:
-                    if http.get("/readyz").status_code == 200:
-                        break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log_file.read_text()
-            time.sleep(0.2)
+        # Ready = the policy cache has synced; before that it denies everything.
+        wait_ready(WebhookProcess(f"https://127.0.0.1:{port}", cert_dir, log_file, name, process))
         stored = k8s_api.request("GET", secret.path).get("data") or {}
         assert set(stored) >= {"ca.crt", "tls.crt", "tls.key", "ca-signer.crt", "ca-signer.key"}
         assert stored["ca.crt"] == base64.b64encode((cert_dir / "ca.crt").read_bytes()).decode()

@@ -8,12 +8,14 @@ times.  Every handshake must succeed, and the server must end up presenting the 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
 import ssl
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +24,7 @@ from starlette.routing import Route
 
 from certs.authority import CertBundle, Hosts, generate_ca, issue_serving_cert, plan
 from certs.store import load_dir, write_dir
+from tests.support.waiting import eventually
 from tests.webhook.conftest import serve
 
 
@@ -89,9 +92,15 @@ def test_handshakes_succeed_while_the_certificate_is_rotated(cert_dir: Path) -> 
             t.start()
         try:
             for bundle in rotations:
-                time.sleep(0.15)
+                time.sleep(0.15)  # pacing: rotations spread out, so the poller sees several of them
                 write_dir(bundle, cert_dir)
-            time.sleep(0.3)
+            last = rotations[-1].serving.certificate.serial_number
+
+            def last_served() -> bool:
+                with lock:
+                    return last in served_serials
+
+            eventually("the clients to be served the last certificate", last_served, within=10, interval=0.01)
         finally:
             stop.set()
             for t in threads:
@@ -105,13 +114,14 @@ def test_handshakes_succeed_while_the_certificate_is_rotated(cert_dir: Path) -> 
             f"{handshakes} handshakes during {len(rotations)} rotations"
             f" ({served.tls.reloads} reloads), 0 failed"
         )
-        last = rotations[-1].serving.certificate.serial_number
         assert _fetch(port, ctx)[0] == last
         assert served.tls.reloads >= 3  # polled while files changed: several, not necessarily all six
-        assert last in served_serials
 
 
-def test_a_mismatched_pair_is_not_loaded_and_the_old_one_keeps_serving(cert_dir: Path) -> None:
+def test_a_mismatched_pair_is_not_loaded_and_the_old_one_keeps_serving(
+    cert_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="webhook.tls")
     with serve(_app(), cert_dir, poll_interval=0.01) as served:
         port = int(served.url.rsplit(":", 1)[1])
         ctx = ssl.create_default_context(cafile=cert_dir / "ca.crt")
@@ -119,6 +129,17 @@ def test_a_mismatched_pair_is_not_loaded_and_the_old_one_keeps_serving(cert_dir:
         other, _ = plan(None, Hosts.local(), dt.datetime.now(dt.UTC))
         # Only the key is replaced: cert and key no longer match.
         (cert_dir / "tls.key").write_bytes(other.serving.key_pem)
-        time.sleep(0.2)
+
+        def mismatch_rejected() -> bool:
+            # The reloader's poll thread logs each pair it refuses, with OpenSSL's reason.
+            return any(
+                r.name == "webhook.tls"
+                and r.levelno == logging.WARNING
+                and "KEY_VALUES_MISMATCH" in str(getattr(r, "reason", ""))
+                for r in list(caplog.records)
+            )
+
+        eventually("the reloader to reject the mismatched pair", mismatch_rejected, within=10, interval=0.01)
+        assert served.tls.reloads == 0
         assert served.tls.check() is False
         assert _fetch(port, ctx)[0] == before
