@@ -183,6 +183,21 @@ class _Base:
             headers["Content-Type"] = content_type
         return headers
 
+    def _build(
+        self, method: str, path: str, body: Any, query: Query | None, content_type: str | None, accept: str
+    ) -> dict[str, Any]:
+        """The keyword arguments of one httpx request, the same for the blocking and async clients."""
+        content = _encode(body)
+        if content is not None and content_type is None:
+            content_type = JSON
+        return {
+            "method": method,
+            "url": self._url(path, _query(query)),
+            "content": content,
+            "headers": self._headers(accept, content_type),
+            "extensions": self._extensions,
+        }
+
 
 class WatchStream:
     """One open watch: iterate for events (``ERROR`` ones are raised as :class:`ApiError`)."""
@@ -257,16 +272,7 @@ class Client(_Base):
         accept: str = JSON,
     ) -> dict[str, Any]:
         """One API call; the decoded JSON answer, or :class:`ApiError`."""
-        content = _encode(body)
-        if content is not None and content_type is None:
-            content_type = JSON
-        response = self._http.request(
-            method,
-            self._url(path, _query(query)),
-            content=content,
-            headers=self._headers(accept, content_type),
-            extensions=self._extensions,
-        )
+        response = self._http.request(**self._build(method, path, body, query, content_type, accept))
         return _decode(response, method, path)
 
     # --- reads ------------------------------------------------------------------------------
@@ -445,16 +451,7 @@ class AsyncClient(_Base):
         content_type: str | None = None,
         accept: str = JSON,
     ) -> dict[str, Any]:
-        content = _encode(body)
-        if content is not None and content_type is None:
-            content_type = JSON
-        response = await self._http.request(
-            method,
-            self._url(path, _query(query)),
-            content=content,
-            headers=self._headers(accept, content_type),
-            extensions=self._extensions,
-        )
+        response = await self._http.request(**self._build(method, path, body, query, content_type, accept))
         return _decode(response, method, path)
 
     async def get(self, path: str, *, metadata_only: bool = False) -> dict[str, Any] | None:
