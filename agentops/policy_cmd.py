@@ -1,15 +1,21 @@
 """``agentops policy test``: evaluate manifests offline with the admission engine, for GitOps CI.
 
-Every AgentDeployment, AgentPipeline, ClusterAgentPolicy, AgentPolicy and AgentPromptRevision in
-the given files (directories are searched recursively for ``*.yaml``, ``*.yml`` and ``*.json``)
-is evaluated as a CREATE by the user ``policy-test``, with exactly the engine the webhook runs:
-``mutate`` first, then ``validate`` on the mutated object.  Policies come from ``--policies``
-and from the policy objects among the files; Namespace objects among the files supply namespace
+Every AgentDeployment, AgentPipeline, ClusterAgentPolicy, AgentPolicy, AgentPromptRevision and
+AgentPolicyException in the given files (directories are searched recursively for ``*.yaml``,
+``*.yml`` and ``*.json``) is evaluated as a CREATE by the user ``policy-test`` at ``--now``
+(default: the real clock), with exactly the engine the webhook runs: ``mutate`` first, then
+``validate`` on the mutated object.  Policies and AgentPolicyExceptions come from ``--policies``
+and from the objects among the files; an exception counts while ``--now`` is before its
+``expiresAt``, as in the cluster.  Namespace objects among the files supply namespace
 labels for ``namespaceSelector``; AgentDeployments among the files count as existing for
 pipelines.  Objects without a namespace are taken to be in ``default``.
 
 Each problem is printed as ``file: Kind/name: severity: message``; the exit status is 1 when
-anything would be denied or a file cannot be read or parsed, 0 otherwise.
+anything would be denied or a file cannot be read or parsed, 0 otherwise.  Directories holding a
+test suite (``agentops-test.yaml``) are skipped: their resources break policies on purpose.
+
+``agentops policy test DIR`` instead runs the test suites in DIR (see :mod:`agentops.policy_suite`):
+expected results per resource and rule, a table, exit status 1 on any mismatch, 2 on a bad suite.
 """
 
 from __future__ import annotations
@@ -26,15 +32,26 @@ import jsonpatch
 import yaml
 from pydantic import ValidationError
 
-from contracts.resources import AgentPolicy, ClusterAgentPolicy
+from contracts.resources import AgentPolicy, AgentPolicyException, ClusterAgentPolicy
 from policies.engine import AdmissionRequest, PolicySet, UserInfo, mutate, validate
 
 TEST_USER = UserInfo(username="policy-test", uid="", groups=("system:authenticated",))
 CHECKED_KINDS = frozenset(
-    {"AgentDeployment", "AgentPipeline", "ClusterAgentPolicy", "AgentPolicy", "AgentPromptRevision"}
+    {
+        "AgentDeployment",
+        "AgentPipeline",
+        "ClusterAgentPolicy",
+        "AgentPolicy",
+        "AgentPromptRevision",
+        "AgentPolicyException",
+    }
 )
+#: What makes up the policy set: the policies and the exceptions to them.
+POLICY_KINDS = ("ClusterAgentPolicy", "AgentPolicy", "AgentPolicyException")
 DEFAULT_NAMESPACE = "default"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+#: The names of a test suite file (:mod:`agentops.policy_suite`).
+SUITE_FILES = ("agentops-test.yaml", "agentops-test.yml")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,6 +82,19 @@ class ManifestError(Exception):
     """A file that cannot be read or parsed; the message starts with the file name."""
 
 
+def rfc3339_time(text: str) -> datetime:
+    """``--now``: an RFC 3339 time with a zone offset (``Z`` or ``+02:00``)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an RFC 3339 time with a zone offset, e.g. 2026-03-01T18:00:00Z"
+        )
+    return moment
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``policy test``; each subcommand sets ``func(args) -> int``."""
     policy = subparsers.add_parser("policy", help="work with agent policies")
@@ -76,12 +106,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     test.add_argument(
+        "suites",
+        nargs="*",
+        metavar="DIR",
+        help="test suites: agentops-test.yaml files, or directories searched for them",
+    )
+    test.add_argument(
         "-f",
         "--filename",
         dest="files",
         action="extend",
         nargs="+",
-        required=True,
+        default=[],
         metavar="PATH",
         help="manifest files or directories (repeatable)",
     )
@@ -91,13 +127,44 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         nargs="+",
         default=[],
         metavar="PATH",
-        help="files or directories with ClusterAgentPolicy/AgentPolicy objects to apply",
+        help="files or directories with ClusterAgentPolicy/AgentPolicy/AgentPolicyException objects to apply",
+    )
+    test.add_argument(
+        "--now",
+        type=rfc3339_time,
+        default=None,
+        metavar="RFC3339",
+        help="judge as if it were this time (e.g. 2026-03-01T18:00:00Z), so verdicts before and after "
+        "an exception's expiresAt are reproducible; default: the real clock",
+    )
+    test.add_argument(
+        "--detailed-results",
+        action="store_true",
+        help="test suites: add each result's message, field, value, limit and exception to the table",
     )
     test.set_defaults(func=run_test)
 
 
 def run_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    if not args.suites and not args.files:
+        print(
+            "agentops policy test: give test suite directories (DIR) or manifests (-f PATH)", file=sys.stderr
+        )
+        return 2
+    if args.suites:
+        # Imported here: policy_suite builds on this module's loader.
+        from agentops import policy_suite
+
+        if args.files or args.policies:
+            print(
+                "agentops policy test: give test suite directories (DIR) or manifests (-f PATH), not both",
+                file=sys.stderr,
+            )
+            return 2
+        return policy_suite.run_suites(
+            args.suites, detailed=args.detailed_results, now=getattr(args, "now", None), out=out
+        )
     problems = 0
     documents: list[Document] = []
     policy_documents: list[Document] = []
@@ -114,7 +181,7 @@ def run_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
     namespace_labels = {
         doc.name: _labels(doc.obj) for doc in documents + policy_documents if doc.kind == "Namespace"
     }
-    now = datetime.now(UTC)
+    now = args.now or datetime.now(UTC)
     checked = denied = warned = 0
     for doc in documents:
         if doc.kind not in CHECKED_KINDS:
@@ -168,39 +235,52 @@ def build_policy_set(
     out, and reported here when they come from ``--policies`` (the others are evaluated anyway)."""
     cluster: list[ClusterAgentPolicy] = []
     namespaced: list[AgentPolicy] = []
+    exceptions: list[AgentPolicyException] = []
     agents: set[tuple[str, str]] = set()
     seen: set[tuple[str, str | None, str]] = set()
     problems = 0
     for doc in [*policy_documents, *documents]:
         if doc.kind == "AgentDeployment":
             agents.add((doc.namespace or DEFAULT_NAMESPACE, doc.name))
-        if doc.kind not in ("ClusterAgentPolicy", "AgentPolicy"):
+        if doc.kind not in POLICY_KINDS:
             continue
         key = (doc.kind, doc.namespace, doc.name)
         if key in seen:  # the same file given as --policies and -f
             continue
         seen.add(key)
         obj = dict(doc.obj)
-        if doc.kind == "AgentPolicy":
+        if doc.kind != "ClusterAgentPolicy":
             obj["metadata"] = {**(obj.get("metadata") or {}), "namespace": doc.namespace}
         try:
             if doc.kind == "ClusterAgentPolicy":
                 cluster.append(ClusterAgentPolicy.model_validate(obj))
-            else:
+            elif doc.kind == "AgentPolicy":
                 namespaced.append(AgentPolicy.model_validate(obj))
+            else:
+                exceptions.append(AgentPolicyException.model_validate(obj))
         except ValidationError as err:
             if any(doc is d for d in policy_documents):
                 for e in err.errors(include_url=False):
                     where = ".".join(str(p) for p in e["loc"])
                     print(f"{doc.path}: {doc.kind}/{doc.name}: invalid policy: {where}: {e['msg']}", file=out)
                 problems += 1
-    return PolicySet(tuple(cluster), tuple(namespaced), frozenset(agents)), problems
+    return PolicySet(tuple(cluster), tuple(namespaced), frozenset(agents), tuple(exceptions)), problems
 
 
 def load_documents(path: Path) -> Iterator[Document]:
     """Every object in a file, or in the manifest files under a directory (sorted, recursive)."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+        # A test suite's files (the suite itself and any directory below ``path`` holding one)
+        # are the suite's business: its resources break policies on purpose.
+        suites = {p.parent for p in path.rglob("*") if p.name in SUITE_FILES} - {path}
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix in MANIFEST_SUFFIXES
+            and p.name not in SUITE_FILES
+            and not suites.intersection(p.parents)
+        )
     elif path.exists():
         files = [path]
     else:

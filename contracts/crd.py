@@ -76,6 +76,12 @@ _PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
         {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        # The background scan's verdict (controller/scan.py): True while an Enforce policy is broken.
+        {
+            "name": "Violation",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="PolicyViolation")].status',
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
     "AgentPipeline": [
@@ -89,6 +95,12 @@ _PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
     ],
     "AgentPolicy": [
         {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+    "AgentPolicyException": [
+        {"name": "Agents", "type": "string", "jsonPath": ".spec.agents"},
+        {"name": "Expires", "type": "date", "jsonPath": ".spec.expiresAt"},
+        {"name": "Reason", "type": "string", "jsonPath": ".spec.reason"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
     "AgentPromptRevision": [

@@ -12,9 +12,9 @@ snake_case.  Dump with ``model.to_k8s()`` to get what the API server stores.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "agentops.agentops.io"
@@ -343,6 +343,13 @@ class Budget(Model):
     scope: BudgetScope = "Agent"
 
 
+class ExceptionRules(Model):
+    """Whether AgentPolicyExceptions may excuse this policy's rules, and for how long at most."""
+
+    allowed: bool = True
+    max_duration_hours: PositiveInt | None = None
+
+
 class PolicySpec(Model):
     """What ClusterAgentPolicy and AgentPolicy share."""
 
@@ -355,6 +362,7 @@ class PolicySpec(Model):
     probes: ProbeRules | None = None
     pipelines: PipelineRules | None = None
     budget: Budget | None = None
+    exceptions: ExceptionRules | None = None
 
 
 class ClusterAgentPolicySpec(PolicySpec):
@@ -363,6 +371,48 @@ class ClusterAgentPolicySpec(PolicySpec):
 
 class AgentPolicySpec(PolicySpec):
     pass
+
+
+#: The rules a policy imposes, named by the policy field that sets them; what an
+#: AgentPolicyException names, what policy reports and ``agentops policy test`` call a rule.
+PolicyRule = Literal[
+    "limits.maxTokensPerCall",
+    "limits.maxConcurrentTasks",
+    "limits.timeoutSeconds",
+    "replicas.max",
+    "models.allowed",
+    "prompts.maxBytes",
+    "prompts.requireChangeReason",
+    "probes.minIntervalSeconds",
+    "pipelines.maxSteps",
+    "budget",
+]
+POLICY_RULES: tuple[str, ...] = get_args(PolicyRule)
+PolicyKind = Literal["ClusterAgentPolicy", "AgentPolicy"]
+
+
+# --- AgentPolicyException ------------------------------------------------------------------------
+
+
+class ExceptedPolicy(Model):
+    """Rules of one policy an exception excuses; an AgentPolicy is the exception's namespace's."""
+
+    kind: PolicyKind = "ClusterAgentPolicy"
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    rules: Annotated[list[PolicyRule], Field(min_length=1)]
+
+    @property
+    def source(self) -> str:
+        """``Kind/name``, the way the engine's messages name a policy."""
+        return f"{self.kind}/{self.name}"
+
+
+class AgentPolicyExceptionSpec(Model):
+    agents: Annotated[list[Annotated[str, Field(pattern=DNS_LABEL, max_length=253)]], Field(min_length=1)]
+    policies: Annotated[list[ExceptedPolicy], Field(min_length=1)]
+    #: RFC 3339 with a zone offset (``2026-03-01T18:00:00Z``); a time without one is refused.
+    expires_at: AwareDatetime = Field(json_schema_extra={"format": "date-time"})
+    reason: Annotated[str, Field(min_length=1)]
 
 
 # --- AgentPromptRevision -------------------------------------------------------------------------
@@ -446,6 +496,14 @@ class AgentPolicy(Resource):
     spec: AgentPolicySpec
 
 
+class AgentPolicyException(Resource):
+    KIND = "AgentPolicyException"
+    PLURAL = "agentpolicyexceptions"
+    SHORT_NAMES = ("agpolex",)
+    kind: Literal["AgentPolicyException"] = "AgentPolicyException"
+    spec: AgentPolicyExceptionSpec
+
+
 class AgentPromptRevision(Resource):
     KIND = "AgentPromptRevision"
     PLURAL = "agentpromptrevisions"
@@ -460,6 +518,7 @@ RESOURCES: tuple[type[Resource], ...] = (
     ClusterAgentPolicy,
     AgentPolicy,
     AgentPromptRevision,
+    AgentPolicyException,
 )
 RESOURCE_BY_KIND: dict[str, type[Resource]] = {r.KIND: r for r in RESOURCES}
 RESOURCE_BY_PLURAL: dict[str, type[Resource]] = {r.PLURAL: r for r in RESOURCES}

@@ -50,6 +50,16 @@ def configure_logging(*, verbose: bool) -> None:
     asyncio_log.handlers[:] = [logging.NullHandler()]
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds greater than 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m controller", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -82,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--resync-seconds", type=float, default=2.0, help="status/budget/autoscaler period")
     parser.add_argument("--full-resync-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--scan-interval",
+        type=_positive_seconds,
+        default=300.0,
+        metavar="S",
+        help="background policy scan period: every agent and pipeline is judged again at least this "
+        "often (policy and exception changes and expiries trigger scans at once)",
+    )
     parser.add_argument("--keda-redis-address", default="redis:6379")
     parser.add_argument(
         "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
@@ -137,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resync_seconds=args.resync_seconds,
         full_resync_seconds=args.full_resync_seconds,
         keda_redis_address=args.keda_redis_address,
+        scan_interval=args.scan_interval,
     )
     handlers.PEERING_LIFETIME = args.peering_lifetime
     kopf.run(

@@ -1,4 +1,5 @@
-"""AgentDeployment reconciliation: children, prompt revisions, status, budget and autoscaling.
+"""AgentDeployment reconciliation: children, prompt revisions, status, budget, policy violations and
+autoscaling.
 
 :func:`reconcile` is level-based and idempotent: it reads the agent as it is now, server-side
 applies the ConfigMap, Deployment and Service it should own (recreating any that were deleted,
@@ -153,6 +154,7 @@ async def _reconcile_locked(
     render.workload_conditions(conditions, agent.spec.replicas, deployment, decision)
 
     await _budget(ctx, body, agent, view, status, conditions)
+    await _policy_violation(ctx, body, key, conditions)
     if "Ready" in conditions.flipped and decision.problem is not None:
         await _event(ctx, body, "Warning", decision.problem[0], decision.problem[1])
     if decision.fell_back and previous_provider != decision.display:
@@ -271,6 +273,37 @@ async def _budget(
             await _event(ctx, body, "Warning", "BudgetExceeded", message)
         elif existed:
             await _event(ctx, body, "Normal", "BudgetAvailable", "spend is back within the budget")
+
+
+#: PolicyViolation reasons: True while the agent breaks an Enforce policy, False once it does not.
+VIOLATION_REASON = "EnforcePolicyViolated"
+COMPLIANT_REASON = "Compliant"
+
+
+async def _policy_violation(
+    ctx: Context, body: dict[str, Any], key: tuple[str, str], conditions: render.Conditions
+) -> None:
+    """``PolicyViolation`` from the background scan's last verdict (:mod:`controller.scan`).
+
+    Its message is the admission messages joined, each naming the field, the value, the limit and
+    the policy.  An Event is posted when the condition turns True or its message changes, and when
+    it clears.  Before the first scan of the agent the condition is left as it is.
+    """
+    found = ctx.scans.violations.get(key)
+    if found is None:
+        return
+    previous = dict(conditions.get("PolicyViolation") or {})  # set() updates the stored item
+    if found:
+        message = "; ".join(found)
+        conditions.set("PolicyViolation", True, VIOLATION_REASON, message)
+        if previous.get("status") != "True" or previous.get("message") != message:
+            await _event(ctx, body, "Warning", "PolicyViolation", message)
+        return
+    conditions.set("PolicyViolation", False, COMPLIANT_REASON, "no Enforce policy is violated")
+    if previous.get("status") == "True":
+        await _event(
+            ctx, body, "Normal", "PolicyCompliant", "the agent no longer violates any Enforce policy"
+        )
 
 
 async def _autoscale(

@@ -9,6 +9,8 @@ not yet spent.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -19,10 +21,31 @@ from contracts.resources import Budget, Usage
 
 async def read_usage(redis: Redis, namespace: str, agent: str, budget: Budget | None) -> Usage:
     """Tokens and USD spent in the current period, with what remains when a budget applies."""
-    period = budget.period if budget else "month"
-    scope = budget.scope if budget else "Agent"
     now = time.time()
-    raw = await redis.hgetall(budget_key(scope, namespace, agent, period, now))
+    raw = await redis.hgetall(_key(namespace, agent, budget, now))
+    return _usage(raw, budget, now)
+
+
+async def read_usages(redis: Redis, agents: Sequence[tuple[str, str, Budget | None]]) -> list[Usage]:
+    """:func:`read_usage` of many (namespace, agent, budget) in one round trip (a pipeline)."""
+    if not agents:
+        return []
+    now = time.time()
+    pipe = redis.pipeline(transaction=False)
+    for namespace, agent, budget in agents:
+        pipe.hgetall(_key(namespace, agent, budget, now))
+    raws = await pipe.execute()
+    return [_usage(raw, budget, now) for raw, (_ns, _agent, budget) in zip(raws, agents, strict=True)]
+
+
+def _key(namespace: str, agent: str, budget: Budget | None, now: float) -> str:
+    return budget_key(
+        budget.scope if budget else "Agent", namespace, agent, budget.period if budget else "month", now
+    )
+
+
+def _usage(raw: Mapping[Any, Any], budget: Budget | None, now: float) -> Usage:
+    period = budget.period if budget else "month"
     fields = {
         (k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
         for k, v in raw.items()

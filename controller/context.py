@@ -9,6 +9,7 @@ losing them is harmless.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +34,74 @@ class ControllerConfig:
     keda_redis_address: str = "redis:6379"
     #: Consumer name in the pipelines' result groups; one leader at a time (kopf peering).
     consumer_name: str = "controller"
+    #: Background scan: every agent and pipeline is judged again at least this often (seconds).
+    scan_interval: float = 300.0
+    #: A change starts a scan once no other change came for this long (seconds) ...
+    scan_debounce: float = 0.5
+    #: ... or this long after the first one at the latest, however busy the watch (seconds).
+    scan_debounce_max: float = 2.0
 
 
 @dataclass(slots=True)
 class AgentInfo:
     ready_replicas: int = 0
     replicas: int = 0
+
+
+@dataclass
+class NamespaceScan:
+    """The background scan's state for one namespace (see :mod:`controller.scan`)."""
+
+    #: A scan was asked for (a change, the period, an expiry) and has not started yet.
+    requested: bool = False
+    #: Set on every request: the debounce waits for it to stay clear.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Event-loop time at which the next scan is due without any change (period or expiry).
+    due: float = 0.0
+    #: The task running (debouncing, then scanning) for the namespace, if any.
+    task: asyncio.Task[None] | None = None
+    #: The report as last written or read (None: none is stored); unknown until first read.
+    report: dict[str, Any] | None = None
+    report_read: bool = False
+
+
+@dataclass
+class ScanState:
+    """What the background scan judges, from the watches, and what it found."""
+
+    #: namespace -> (kind, name) -> the object as the engine reads it (:func:`controller.scan.essence`).
+    objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = field(default_factory=dict)
+    namespaces: dict[str, NamespaceScan] = field(default_factory=dict)
+    #: (namespace, agent) -> the Enforce violations found by the last scan (empty: none); an agent
+    #: not scanned yet has no entry, and its PolicyViolation condition is left as it is.
+    violations: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    #: Whether the OpenReports CRD is served (None: not checked yet).
+    reports_served: bool | None = None
+    #: The threads reports are written on (created at the first write).
+    writers: ThreadPoolExecutor | None = None
+    #: Set at shutdown: no new scan starts.
+    closed: bool = False
+    _agent_keys: frozenset[tuple[str, str]] | None = None
+
+    def agent_keys(self) -> frozenset[tuple[str, str]]:
+        """(namespace, name) of every agent: what pipeline steps may name (one object until it changes)."""
+        if self._agent_keys is None:
+            self._agent_keys = frozenset(
+                (namespace, name)
+                for namespace, objects in self.objects.items()
+                for kind, name in objects
+                if kind == "AgentDeployment"
+            )
+        return self._agent_keys
+
+    def forget_agent_keys(self) -> None:
+        self._agent_keys = None
+
+    def namespace(self, name: str) -> NamespaceScan:
+        state = self.namespaces.get(name)
+        if state is None:
+            state = self.namespaces[name] = NamespaceScan()
+        return state
 
 
 @dataclass
@@ -60,6 +123,7 @@ class Context:
     secrets: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
     #: Latest body of each agent from the watch (status refreshes read this, not the API).
     agent_bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    scans: ScanState = field(default_factory=ScanState)
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
@@ -79,6 +143,7 @@ class Context:
             self.last_full,
             self.last_refresh,
             self.rendered_provider,
+            self.scans.violations,
             self._locks,
         ):
             cache.pop(key, None)

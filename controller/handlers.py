@@ -8,7 +8,10 @@
   Service -> a full reconcile that recreates it;
 * an AgentPipeline daemon per pipeline (:mod:`controller.pipelines`), and a deletion handler that
   withdraws its queued tasks;
-* policy and namespace events -> the policy cache (replica ceilings, budgets, limit defaults).
+* policy and namespace events -> the policy cache (replica ceilings, budgets, limit defaults);
+* background scans (:mod:`controller.scan`): requested by changes of policies, exceptions,
+  namespace labels, agents and pipelines (each kept in the scan's view), and by the agent timer
+  when the period or an exception's expiry is due.
 
 kopf's own bookkeeping (progress, last-handled configuration, finalizer) lives in annotations
 under ``controller.agentops.io/``, never in ``status``, whose schema is ours.
@@ -28,7 +31,7 @@ from redis.asyncio import Redis
 
 import kube
 from contracts.resources import GROUP, LABEL_AGENT, LABEL_MANAGED_BY, VERSION
-from controller import agents, pipelines
+from controller import agents, pipelines, scan
 from controller.context import AgentInfo, Context, ControllerConfig
 from controller.kube import Kube
 from controller.render import CONTROLLER_NAME
@@ -53,6 +56,9 @@ def context() -> Context:
         raise RuntimeError("the controller context is created at operator start-up")
     return _context
 
+
+#: Redis' default ``maxclients``: the pool never refuses a connection Redis itself would accept.
+REDIS_CONNECTIONS = 10_000
 
 #: Threads for blocking Kubernetes calls, and HTTP connections kept to the API server: enough that
 #: a burst of agents (hundreds applied at once) is not serialised behind a handful of threads.
@@ -98,8 +104,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.lifetime = PEERING_LIFETIME
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    # Redis connections: one per blocked pipeline reader plus a few; no hard cap so pipelines never starve.
-    redis = Redis.from_url(CONFIG.redis_url, decode_responses=False, health_check_interval=30)
+    # Redis connections: one per blocked pipeline reader plus one per agent refresh in flight; no
+    # cap of our own, so pipelines never starve.  redis-py's pool refuses ("Too many connections")
+    # past 100 by default, which a few hundred agents reach: the ceiling is Redis' own maxclients.
+    redis = Redis.from_url(
+        CONFIG.redis_url, decode_responses=False, health_check_interval=30, max_connections=REDIS_CONNECTIONS
+    )
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube")
     )
@@ -118,6 +128,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     if _context is not None:
+        await scan.cancel_all(_context)
         await _context.redis.aclose()
         _context.kube.api.close()
 
@@ -136,6 +147,7 @@ async def agent_event(event: Any, body: Any, namespace: str | None, name: str, *
     key = (namespace, name)
     if event.get("type") == "DELETED":
         ctx.forget(namespace, name)
+        scan.changed(ctx, body, deleted=True)
         return
     plain = _plain(body)
     status = plain.get("status") or {}
@@ -143,6 +155,7 @@ async def agent_event(event: Any, body: Any, namespace: str | None, name: str, *
         ready_replicas=int(status.get("readyReplicas") or 0), replicas=int(status.get("replicas") or 0)
     )
     ctx.agent_bodies[key] = plain
+    scan.changed(ctx, plain, deleted=False)
     if ctx.reconciled.get(key) != agents.reconcile_key(plain):
         logger.info(
             "reconciling agent %s/%s (generation %s)", namespace, name, plain["metadata"].get("generation")
@@ -155,6 +168,7 @@ async def agent_timer(namespace: str | None, name: str, **_: Any) -> None:
     ctx = context()
     assert namespace is not None
     key = (namespace, name)
+    scan.tick(ctx, namespace)
     now = time.monotonic()
     if now - ctx.last_refresh.get(key, 0.0) < ctx.config.resync_seconds:
         return
@@ -216,6 +230,11 @@ async def pipeline_daemon(stopped: kopf.DaemonStopped, body: Any, **_: Any) -> N
     await pipelines.run_pipeline(context(), _plain(body), stopped)
 
 
+@kopf.on.event(GROUP, VERSION, "agentpipelines")
+async def pipeline_event(event: Any, body: Any, **_: Any) -> None:
+    scan.changed(context(), _plain(body), deleted=event.get("type") == "DELETED")
+
+
 @kopf.on.delete(GROUP, VERSION, "agentpipelines")
 async def pipeline_deleted(body: Any, namespace: str | None, name: str, logger: Any, **_: Any) -> None:
     assert namespace is not None
@@ -249,13 +268,28 @@ async def namespace_index(body: Any, name: str, **_: Any) -> None:
     context().policies.update_namespace(name, dict(body.get("metadata", {}).get("labels") or {}))
 
 
+@kopf.index(GROUP, VERSION, "agentpolicyexceptions")
+async def exception_index(body: Any, **_: Any) -> None:
+    context().policies.update_exception(_plain(body), deleted=False)
+
+
 @kopf.index(GROUP, VERSION, "agentdeployments")
 async def agent_index(body: Any, namespace: str | None, name: str, **_: Any) -> None:
-    # Pipelines resumed after a restart must see which agents exist and are ready.
+    # Pipelines resumed after a restart must see which agents exist and are ready; the first
+    # scans must see every agent.
+    ctx = context()
     status = body.get("status") or {}
-    context().agents[(str(namespace), name)] = AgentInfo(
+    ctx.agents[(str(namespace), name)] = AgentInfo(
         ready_replicas=int(status.get("readyReplicas") or 0), replicas=int(status.get("replicas") or 0)
     )
+    # Only observed: indexes are filled before kopf decides whether this replica leads, and scans
+    # are requested by the handlers that run on the leader (the events that follow the listing).
+    scan.observe(ctx, _plain(body), deleted=False)
+
+
+@kopf.index(GROUP, VERSION, "agentpipelines")
+async def pipeline_index(body: Any, **_: Any) -> None:
+    scan.observe(context(), _plain(body), deleted=False)
 
 
 def _policies_changed(ctx: Context) -> None:
@@ -269,16 +303,31 @@ async def cluster_policy_event(event: Any, body: Any, **_: Any) -> None:
     ctx = context()
     ctx.policies.update_policy(_plain(body), deleted=event.get("type") == "DELETED")
     _policies_changed(ctx)
+    scan.request_all(ctx)
 
 
 @kopf.on.event(GROUP, VERSION, "agentpolicies")
-async def policy_event(event: Any, body: Any, **_: Any) -> None:
+async def policy_event(event: Any, body: Any, namespace: str | None, **_: Any) -> None:
     ctx = context()
     ctx.policies.update_policy(_plain(body), deleted=event.get("type") == "DELETED")
     _policies_changed(ctx)
+    if namespace:
+        scan.request(ctx, namespace)
+
+
+@kopf.on.event(GROUP, VERSION, "agentpolicyexceptions")
+async def exception_event(event: Any, body: Any, namespace: str | None, **_: Any) -> None:
+    ctx = context()
+    ctx.policies.update_exception(_plain(body), deleted=event.get("type") == "DELETED")
+    if namespace:
+        scan.request(ctx, namespace)
 
 
 @kopf.on.event("", "v1", "namespaces")
 async def namespace_event(event: Any, body: Any, name: str, **_: Any) -> None:
+    ctx = context()
     labels = None if event.get("type") == "DELETED" else dict(body.get("metadata", {}).get("labels") or {})
-    context().policies.update_namespace(name, labels)
+    if labels != ctx.policies.namespace_labels.get(name):
+        ctx.policies.update_namespace(name, labels)
+        if labels is not None and name in ctx.scans.objects:
+            scan.request(ctx, name)  # ClusterAgentPolicies select namespaces by label

@@ -15,6 +15,7 @@ import contextlib
 from typing import Any
 
 import kube
+from contracts import reports
 from contracts.resources import GROUP, VERSION
 from controller.render import FIELD_MANAGER
 
@@ -89,6 +90,18 @@ class Kube:
                     {**body, "kind": "KopfPeering"},
                     exist_ok=True,
                 )
+
+    # --- policy reports (OpenReports) -------------------------------------------------------
+
+    def get_report(self, namespace: str) -> dict[str, Any] | None:
+        return self.api.get(
+            kube.path(reports.API_VERSION, reports.PLURAL, reports.REPORT_NAME, namespace=namespace)
+        )
+
+    def delete_report(self, namespace: str) -> None:
+        self.api.delete(
+            kube.path(reports.API_VERSION, reports.PLURAL, reports.REPORT_NAME, namespace=namespace)
+        )
 
     def crd_exists(self, name: str) -> bool:
         return self.api.get(f"{kube.client.CRD_PATH}/{name}", metadata_only=True) is not None

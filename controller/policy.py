@@ -1,8 +1,10 @@
-"""The policies the controller needs: replica ceiling, budget and limit defaults of each agent.
+"""The policies the controller needs: replica ceiling, budget and limit defaults of each agent, and
+the policy set the background scan judges every agent and pipeline by.
 
-Policies and namespace labels are kept from kopf watches (no API call per reconcile); the
-effective policy is computed by the shared policy engine, the same code the webhook uses, so
-the autoscaler's ceiling and the runtime's budget are exactly what admission enforces.
+Policies, exceptions and namespace labels are kept from kopf watches (no API call per reconcile);
+the effective policy is computed by the shared policy engine, the same code the webhook uses, so
+the autoscaler's ceiling and the runtime's budget are exactly what admission enforces, and a
+background scan's verdict is the one admission would give.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from contracts.resources import AgentPolicy, Budget, ClusterAgentPolicy
+from contracts.resources import AgentPolicy, AgentPolicyException, Budget, ClusterAgentPolicy
 from policies.effective import LIMIT_ATTRS, EffectivePolicy, PolicyIndex
+from policies.review import PolicySet
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +35,9 @@ class PolicyCache:
     cluster: dict[str, ClusterAgentPolicy] = field(default_factory=dict)
     namespaced: dict[tuple[str, str], AgentPolicy] = field(default_factory=dict)
     namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    exceptions: dict[tuple[str, str], AgentPolicyException] = field(default_factory=dict)
     _index: PolicyIndex | None = None
+    _set: PolicySet | None = None
 
     def update_policy(self, body: Mapping[str, Any], deleted: bool) -> None:
         meta = body.get("metadata", {})
@@ -54,6 +59,36 @@ class PolicyCache:
             # The webhook refuses invalid policies; one stored before it ran is ignored, not fatal.
             return
         self._index = None
+        self._set = None
+
+    def update_exception(self, body: Mapping[str, Any], deleted: bool) -> None:
+        meta = body.get("metadata", {})
+        key = (meta["namespace"], meta["name"])
+        if deleted:
+            self.exceptions.pop(key, None)
+        else:
+            obj = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+            try:
+                self.exceptions[key] = AgentPolicyException.from_k8s(obj)
+            except ValidationError:
+                # Refused by the CRD schema and the webhook; one stored before they ran excuses nothing.
+                self.exceptions.pop(key, None)
+        self._set = None
+
+    def exceptions_in(self, namespace: str) -> list[AgentPolicyException]:
+        return [e for (ns, _name), e in self.exceptions.items() if ns == namespace]
+
+    def policy_set(self, known_agents: frozenset[tuple[str, str]] = frozenset()) -> PolicySet:
+        """Every policy and exception, as the engine takes them (rebuilt only after a change)."""
+        current = self._set
+        if current is None or current.known_agents is not known_agents:
+            current = self._set = PolicySet(
+                cluster=tuple(self.cluster.values()),
+                namespaced=tuple(self.namespaced.values()),
+                known_agents=known_agents,
+                exceptions=tuple(self.exceptions.values()),
+            )
+        return current
 
     def update_namespace(self, name: str, labels: Mapping[str, str] | None) -> None:
         if labels is None:

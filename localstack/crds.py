@@ -14,6 +14,9 @@ CRD_DIR = Path(__file__).resolve().parent.parent / "deploy" / "crds"
 #: Helm installs what is in a chart's crds/ before its templates; kept identical to CRD_DIR.
 CHART_CRD_DIR = CRD_DIR.parent / "chart" / "crds"
 HEADER = "# Generated from contracts/resources.py by `python -m localstack.crds`; do not edit by hand.\n"
+#: CRDs of other projects' APIs we ship as written (a structural copy of upstream's schema), not
+#: generated: OpenReports' Report, which the controller writes its policy reports into.
+HAND_WRITTEN: tuple[str, ...] = ("openreports.yaml",)
 
 
 def render(crd: dict[str, Any]) -> str:
@@ -31,6 +34,9 @@ def main() -> None:
             target = directory / path.name
             target.write_text(text)
             print(f"wrote {target}")
+    for name in HAND_WRITTEN:
+        (CHART_CRD_DIR / name).write_bytes((CRD_DIR / name).read_bytes())
+        print(f"copied {CRD_DIR / name} to {CHART_CRD_DIR}")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 Owns: merging ClusterAgentPolicies and AgentPolicies into the effective policy for an object
 (``effective``, ``selectors``), the rules each kind must pass (``rules``: limits, ceilings,
-models, prompts, pipelines, policies themselves, revisions, scale), the defaults mutation fills
-in and its JSON patch (``patch``), the prompt audit stamps (``stamps``), the sorting of findings
-into deny, warn and audit by mode and ratchet (``verdict``), the engine's request and decision
-types (``review``) and their AdmissionReview encoding (``admission``).  ``engine`` is the entry
-point: ``mutate``, ``validate``, ``effective_policy``.
+models, prompts, pipelines, policies themselves, revisions, scale, exceptions), which
+AgentPolicyExceptions excuse what (``exemptions``), the rule results of a stored object that
+reports and scans read (``results``) and the name and labels of the metric that counts them
+(``metrics_names``, shared by the webhook and the controller), the defaults mutation fills in and
+its JSON patch (``patch``), the prompt audit stamps (``stamps``), the sorting of findings into
+deny, warn and audit by mode, ratchet and exception (``verdict``), the engine's request and
+decision types (``review``) and their AdmissionReview encoding (``admission``). ``engine`` is the
+entry point: ``mutate``, ``validate``, ``effective_policy``.
 
 May import: :mod:`contracts`.  No I/O: no network, no files, no clocks the caller cannot pass in.
 """

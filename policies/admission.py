@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from policies.exemptions import EXCUSAL_MARKER
 from policies.review import AdmissionRequest, Decision, UserInfo
 
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
@@ -120,7 +121,16 @@ def _envelope(response: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cut(text: str) -> str:
-    return text if len(text) <= MAX_WARNING_LENGTH else text[: MAX_WARNING_LENGTH - 3] + "..."
+    """Fit a warning into what the API server keeps of one.
+
+    An excused violation ends with the exception that excused it; that note is what the user
+    needs most (who allowed this, until when), so the violation's text is shortened first."""
+    if len(text) <= MAX_WARNING_LENGTH:
+        return text
+    head, marker, note = text.partition(EXCUSAL_MARKER)
+    if marker and len(marker + note) <= MAX_WARNING_LENGTH - 40:
+        return head[: MAX_WARNING_LENGTH - len(marker + note) - 3] + "..." + marker + note
+    return text[: MAX_WARNING_LENGTH - 3] + "..."
 
 
 def _type(value: object) -> str:

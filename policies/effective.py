@@ -22,15 +22,22 @@ Algorithm (documented for users in ``docs/policies.md``):
 
 Everything here is computed once per (policy set, namespace, labels, namespace labels) and cached
 on the policy set's index; a policy change makes a new policy set and therefore a new cache.
+
+Exceptions: for an object an AgentPolicyException covers, the effective policy is folded with the
+excused (policy, rule) pairs left out of those policies (:meth:`PolicyIndex.effective`'s
+``excused``), so a looser policy the excused one hid still applies.  Rules are named by the policy
+field that sets them (:data:`contracts.resources.POLICY_RULES`); :data:`RULE_OF_BOUND` maps each
+bounded value to its rule.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from contracts.resources import (
     AgentPolicy,
@@ -69,6 +76,11 @@ _BOUNDS: dict[str, tuple[Callable[[PolicySpec], int | None], bool]] = {
     "probes.minIntervalSeconds": (lambda s: s.probes.min_interval_seconds if s.probes else None, True),
 }
 BOUND_KEYS: tuple[str, ...] = tuple(_BOUNDS)
+#: bound key -> the rule (``contracts.resources.POLICY_RULES``) that sets it: ``limits.X.max`` is
+#: rule ``limits.X``; every other bound is its own rule.
+RULE_OF_BOUND: dict[str, str] = {
+    key: key.removesuffix(".max") if key.startswith("limits.") else key for key in _BOUNDS
+}
 
 
 class Bound(NamedTuple):
@@ -217,6 +229,36 @@ def entry_of(policy: ClusterAgentPolicy | AgentPolicy) -> PolicyEntry:
     )
 
 
+def entry_rules(entry: PolicyEntry) -> frozenset[str]:
+    """The rules ``entry``'s policy sets (a limit with only a default sets no rule: nothing to break)."""
+    rules = {RULE_OF_BOUND[key] for key, _, _ in entry.bounds}
+    spec = entry.spec
+    if spec.models is not None and spec.models.allowed is not None:
+        rules.add("models.allowed")
+    if spec.prompts is not None and spec.prompts.require_change_reason:
+        rules.add("prompts.requireChangeReason")
+    if spec.budget is not None:
+        rules.add("budget")
+    return frozenset(rules)
+
+
+def without_rules(entry: PolicyEntry, rules: frozenset[str]) -> PolicyEntry:
+    """``entry`` with ``rules`` left out (what an exception excuses); limit defaults are kept."""
+    update: dict[str, object] = {}
+    spec = entry.spec
+    if "models.allowed" in rules and spec.models is not None:
+        update["models"] = None
+    if "prompts.requireChangeReason" in rules and spec.prompts is not None:
+        update["prompts"] = spec.prompts.model_copy(update={"require_change_reason": None})
+    if "budget" in rules:
+        update["budget"] = None
+    return dataclasses.replace(
+        entry,
+        bounds=tuple(b for b in entry.bounds if RULE_OF_BOUND[b[0]] not in rules),
+        spec=spec.model_copy(update=update) if update else spec,
+    )
+
+
 def fold(entries: Iterable[PolicyEntry]) -> EffectivePolicy:
     """Combine matching policies into the effective policy (see the module docstring)."""
     ordered = sorted(entries, key=lambda e: (e.namespaced, e.source))
@@ -315,7 +357,7 @@ class PolicyIndex:
     """Per-policy-set precomputation: compiled selectors, policies grouped by namespace, and a
     bounded cache of effective policies keyed by what matching depends on."""
 
-    __slots__ = ("_cache", "cluster", "namespaced")
+    __slots__ = ("_cache", "_excused_cache", "_single", "cluster", "namespaced")
 
     #: Label sets remembered per policy set; past that, the oldest is forgotten.
     CACHE_SIZE = 2048
@@ -334,20 +376,73 @@ class PolicyIndex:
         self._cache: dict[
             tuple[str | None, frozenset[tuple[str, str]], frozenset[tuple[str, str]]], EffectivePolicy
         ] = {}
+        # Objects an exception covers are few: their own cache, so the common key stays small.
+        self._excused_cache: dict[
+            tuple[
+                str | None,
+                frozenset[tuple[str, str]],
+                frozenset[tuple[str, str]],
+                frozenset[tuple[str, str]],
+            ],
+            EffectivePolicy,
+        ] = {}
+        self._single: dict[str, EffectivePolicy] = {}
 
     def effective(
-        self, namespace: str | None, labels: Mapping[str, str], namespace_labels: Mapping[str, str]
+        self,
+        namespace: str | None,
+        labels: Mapping[str, str],
+        namespace_labels: Mapping[str, str],
+        excused: frozenset[tuple[str, str]] = frozenset(),
     ) -> EffectivePolicy:
+        """The effective policy; ``excused``: (policy ``Kind/name``, rule) pairs to leave out."""
+        if excused:
+            return self._effective_excused(namespace, labels, namespace_labels, excused)
         key = (namespace, frozenset(labels.items()), frozenset(namespace_labels.items()))
         found = self._cache.get(key)
         if found is None:
             found = self._compute(*key)
-            cache = self._cache
-            if len(cache) >= self.CACHE_SIZE:
-                # First in, first out; another thread may have changed it meanwhile.
-                with contextlib.suppress(KeyError, StopIteration, RuntimeError):
-                    del cache[next(iter(cache))]
-            cache[key] = found
+            _remember(self._cache, key, found, self.CACHE_SIZE)
+        return found
+
+    def matching(
+        self, namespace: str | None, labels: Mapping[str, str], namespace_labels: Mapping[str, str]
+    ) -> list[PolicyEntry]:
+        """The policies that apply to an object, cluster ones first, each group by ``Kind/name``."""
+        matching = [
+            e
+            for e in self.cluster
+            if e.namespace_selector.matches(namespace_labels) and e.selector.matches(labels)
+        ]
+        matching.extend(e for e in self.namespaced.get(namespace, ()) if e.selector.matches(labels))
+        return matching
+
+    def single(self, entry: PolicyEntry) -> EffectivePolicy:
+        """The effective policy of ``entry`` alone (how rule results judge each policy by itself)."""
+        key = f"{entry.namespace or ''}/{entry.source}"
+        found = self._single.get(key)
+        if found is None:
+            found = self._single[key] = fold([entry])
+        return found
+
+    def _effective_excused(
+        self,
+        namespace: str | None,
+        labels: Mapping[str, str],
+        namespace_labels: Mapping[str, str],
+        excused: frozenset[tuple[str, str]],
+    ) -> EffectivePolicy:
+        key = (namespace, frozenset(labels.items()), frozenset(namespace_labels.items()), excused)
+        found = self._excused_cache.get(key)
+        if found is None:
+            rules_of: dict[str, set[str]] = {}
+            for source, rule in excused:
+                rules_of.setdefault(source, set()).add(rule)
+            found = fold(
+                without_rules(e, frozenset(rules_of[e.source])) if e.source in rules_of else e
+                for e in self.matching(namespace, labels, namespace_labels)
+            )
+            _remember(self._excused_cache, key, found, self.CACHE_SIZE)
         return found
 
     def cluster_policies_for_namespace(self, namespace_labels: Mapping[str, str]) -> tuple[PolicyEntry, ...]:
@@ -357,15 +452,15 @@ class PolicyIndex:
     def _compute(
         self, namespace: str | None, labels: frozenset[tuple[str, str]], ns_labels: frozenset[tuple[str, str]]
     ) -> EffectivePolicy:
-        agent_labels = dict(labels)
-        namespace_labels = dict(ns_labels)
-        matching = [
-            e
-            for e in self.cluster
-            if e.namespace_selector.matches(namespace_labels) and e.selector.matches(agent_labels)
-        ]
-        matching.extend(e for e in self.namespaced.get(namespace, ()) if e.selector.matches(agent_labels))
-        return fold(matching)
+        return fold(self.matching(namespace, dict(labels), dict(ns_labels)))
+
+
+def _remember(cache: dict[Any, EffectivePolicy], key: Any, value: EffectivePolicy, size: int) -> None:
+    if len(cache) >= size:
+        # First in, first out; another thread may have changed it meanwhile.
+        with contextlib.suppress(KeyError, StopIteration, RuntimeError):
+            del cache[next(iter(cache))]
+    cache[key] = value
 
 
 def _by_source(entry: PolicyEntry) -> str:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from policies.effective import AllowList, Bound, EffectiveBudget, EffectivePolicy, PolicyRef
+from policies.exemptions import Excusal
 from policies.review import ALLOW, AdmissionRequest, Decision, PolicySet, UserInfo, deny
-from policies.rules import deployments, pipelines, revisions, scale
+from policies.rules import deployments, exceptions, pipelines, revisions, scale
 from policies.rules import policies as policy_objects
 from policies.rules.base import Rules
-from policies.verdict import RATCHET_NOTE, decide
+from policies.verdict import RATCHET_NOTE, Finding, decide, excused
 
 __all__ = [
     "RATCHET_NOTE",
@@ -48,15 +50,27 @@ RULES: Mapping[str, Rules[Any]] = {
     "ClusterAgentPolicy": policy_objects.CLUSTER_RULES,
     "AgentPolicy": policy_objects.NAMESPACED_RULES,
     "AgentPromptRevision": revisions.RULES,
+    "AgentPolicyException": exceptions.RULES,
     "Scale": scale.RULES,
 }
 KINDS = tuple(RULES)
 
 
 def effective_policy(
-    namespace: str, labels: Mapping[str, str], namespace_labels: Mapping[str, str], policies: PolicySet
+    namespace: str,
+    labels: Mapping[str, str],
+    namespace_labels: Mapping[str, str],
+    policies: PolicySet,
+    *,
+    name: str | None = None,
+    now: datetime | None = None,
 ) -> EffectivePolicy:
-    """The strictest combination of every policy matching an object (see :mod:`policies.effective`)."""
+    """The strictest combination of every policy matching an object (see :mod:`policies.effective`);
+    with the object's ``name`` and ``now``, leaving out what unexpired exceptions excuse for it."""
+    if name is not None and now is not None:
+        excusals = policies.excusals(namespace, name, now)
+        if excusals:
+            return policies.index.effective(namespace, labels, namespace_labels, frozenset(excusals))
     return policies.index.effective(namespace, labels, namespace_labels)
 
 
@@ -86,9 +100,22 @@ def validate(request: AdmissionRequest, policies: PolicySet) -> Decision:
     if subject is None:
         return deny(*errors)
     findings, warnings = rules.check(request, subject, policies)
+    excused_findings = _excused(request, rules, subject, policies)
     if request.operation != "UPDATE":
-        return decide(findings, warnings)
-    return decide(findings, warnings, _stored_messages(request, rules, policies))
+        return decide(findings, warnings, (), excused_findings)
+    return decide(findings, warnings, _stored_messages(request, rules, policies), excused_findings)
+
+
+def _excused(
+    request: AdmissionRequest, rules: Rules[Any], subject: Any, policies: PolicySet
+) -> list[tuple[Finding, Excusal]]:
+    """The violations an unexpired exception excuses: ``check`` judged them with the excused
+    rules left out, so they are found again by judging without exceptions."""
+    excusals = policies.excusals(request.namespace, request.name, request.now)
+    if not excusals:
+        return []
+    unexcused, _ = rules.check(request, subject, policies.ignoring_exceptions())
+    return excused(unexcused, excusals)
 
 
 def _stored_messages(request: AdmissionRequest, rules: Rules[Any], policies: PolicySet) -> frozenset[str]:

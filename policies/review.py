@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from contracts.resources import AgentPolicy, ClusterAgentPolicy
+from contracts.resources import AgentPolicy, AgentPolicyException, ClusterAgentPolicy
 from policies.effective import PolicyIndex
+from policies.exemptions import NONE, ExceptionIndex, Excusals
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,11 @@ class PolicySet:
     cluster: tuple[ClusterAgentPolicy, ...] = ()
     namespaced: tuple[AgentPolicy, ...] = ()
     known_agents: frozenset[tuple[str, str]] = frozenset()
+    #: Every AgentPolicyException, expired or not: expiry is judged against each request's ``now``.
+    exceptions: tuple[AgentPolicyException, ...] = ()
     _index: PolicyIndex | None = field(default=None, init=False, repr=False, compare=False)
+    _exemptions: ExceptionIndex | None = field(default=None, init=False, repr=False, compare=False)
+    _unexcused: PolicySet | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def index(self) -> PolicyIndex:
@@ -65,6 +70,27 @@ class PolicySet:
             index = PolicyIndex(self.cluster, self.namespaced)
             object.__setattr__(self, "_index", index)  # a cache, not state: frozen for callers only
         return index
+
+    def excusals(self, namespace: str | None, name: str | None, now: datetime) -> Excusals:
+        """(policy ``Kind/name``, rule) -> the unexpired exception excusing it for ``namespace/name``."""
+        if not self.exceptions:
+            return NONE
+        exemptions = self._exemptions
+        if exemptions is None:
+            exemptions = ExceptionIndex(self.exceptions)
+            object.__setattr__(self, "_exemptions", exemptions)
+        return exemptions.excusals(namespace, name, now)
+
+    def ignoring_exceptions(self) -> PolicySet:
+        """The same policies (and index) with no exceptions: what an excused finding would have been."""
+        if not self.exceptions:
+            return self
+        unexcused = self._unexcused
+        if unexcused is None:
+            unexcused = PolicySet(self.cluster, self.namespaced, self.known_agents)
+            object.__setattr__(unexcused, "_index", self.index)
+            object.__setattr__(self, "_unexcused", unexcused)
+        return unexcused
 
 
 @dataclass(frozen=True, slots=True)

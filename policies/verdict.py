@@ -10,6 +10,13 @@ was admitted) is downgraded to a warning ending in :data:`RATCHET_NOTE`, so fina
 label edits and the controller's own writes keep working until the offending field itself is
 changed.  Which findings may be ratcheted is the rules' business (see :mod:`policies.rules`);
 this module only compares messages.
+
+Exceptions: a finding whose (policy, rule) an unexpired AgentPolicyException excuses is allowed,
+whatever the mode, with a warning: the message followed by the exception's name, expiry and
+reason (:meth:`policies.exemptions.Excusal.note`).  The engine judges the object twice when an
+exception applies: once with the excused rules left out (what is decided; a looser policy the
+excused one hid still applies) and once without exceptions, from which :func:`excused` picks the
+findings to name.
 """
 
 from __future__ import annotations
@@ -18,16 +25,27 @@ from collections.abc import Collection, Iterable
 from typing import NamedTuple
 
 from contracts.resources import PolicyMode
+from policies.exemptions import Excusal, Excusals
 from policies.review import Decision
 
 RATCHET_NOTE = " (already so before this change: allowed until this field changes)"
 
 
 class Finding(NamedTuple):
-    """One violation: its message (naming field, value, limit and policy) and the mode it carries."""
+    """One violation: its message (naming field, value, limit and policy) and the mode it carries.
+
+    ``rule`` and ``policy`` say which policy rule it breaks (what an exception names and a report
+    lists); both are empty for errors no policy sets.  ``field``, ``value`` and ``limit`` repeat
+    what the message says, for reports.
+    """
 
     message: str
     mode: PolicyMode | None  # None: an error that denies whatever the policy mode
+    rule: str = ""  # one of contracts.resources.POLICY_RULES
+    policy: str = ""  # "Kind/name", as the message names it
+    field: str = ""
+    value: str = ""
+    limit: str = ""
 
 
 def audit_messages(findings: Iterable[Finding]) -> list[str]:
@@ -35,15 +53,37 @@ def audit_messages(findings: Iterable[Finding]) -> list[str]:
     return [f.message for f in findings if f.mode == "Audit"]
 
 
+def excused(findings: Iterable[Finding], excusals: Excusals) -> list[tuple[Finding, Excusal]]:
+    """The ``findings`` (judged without exceptions) an exception excuses, each with it."""
+    if not excusals:
+        return []
+    out: list[tuple[Finding, Excusal]] = []
+    for finding in findings:
+        excusal = excusals.get((finding.policy, finding.rule)) if finding.rule else None
+        if excusal is not None:
+            out.append((finding, excusal))
+    return out
+
+
+def excused_message(finding: Finding, excusal: Excusal) -> str:
+    """The warning an excused finding becomes."""
+    return finding.message + excusal.note()
+
+
 def decide(
-    findings: Iterable[Finding], warnings: Iterable[str] = (), ratcheted: Collection[str] = ()
+    findings: Iterable[Finding],
+    warnings: Iterable[str] = (),
+    ratcheted: Collection[str] = (),
+    excused_findings: Iterable[tuple[Finding, Excusal]] = (),
 ) -> Decision:
-    """Sort ``findings`` by mode; ``ratcheted``: messages the stored object already drew.
+    """Sort ``findings`` by mode; ``ratcheted``: messages the stored object already drew;
+    ``excused_findings``: violations an exception excuses (see :func:`excused`), each a warning.
 
     ``warnings`` come first in the answer: what the rules warn about whatever the mode.
     """
     denials: list[str] = []
     warned = list(warnings)
+    warned += [excused_message(f, e) for f, e in excused_findings]
     audit: list[str] = []
     for finding in findings:
         if finding.mode == "Audit":

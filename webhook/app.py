@@ -27,6 +27,7 @@ after the answer instead of reusing it once the server is gone, and ``/readyz`` 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -48,6 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contracts.resources import LabelSelector
 from policies.admission import MalformedReview, error_response, parse_admission_review, review_response
 from policies.engine import AdmissionRequest, Decision, PolicySet, mutate, validate
+from policies.results import evaluate
 from webhook.cache import PolicySource, Snapshot
 from webhook.metrics import WebhookMetrics
 
@@ -57,6 +59,10 @@ log = logging.getLogger("webhook.admission")
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 Endpoint = Literal["mutate", "validate"]
+#: What ``agentops_policy_results_total`` counts at admission: the kinds rule results are defined
+#: for (:func:`policies.results.evaluate`), on the operations the rules judge.
+_RESULT_KINDS = frozenset({"AgentDeployment", "AgentPipeline"})
+_RULED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 _DECIDE: dict[str, Callable[[AdmissionRequest, PolicySet], Decision]] = {
     "mutate": mutate,
     "validate": validate,
@@ -184,6 +190,47 @@ def complete_request(request: AdmissionRequest, snapshot: Snapshot) -> Admission
     return dataclasses.replace(request, **changes) if changes else request
 
 
+def _namespace_label(namespace: str | None, snapshot: Snapshot | None) -> str:
+    """A request's namespace as a metric label: its name once the watch cache knows the namespace,
+    ``other`` before (a client could otherwise make up namespaces), ``""`` for cluster objects."""
+    if not namespace:
+        return ""
+    return namespace if snapshot is not None and namespace in snapshot.namespace_labels else "other"
+
+
+def _failed_closed(
+    metrics: WebhookMetrics,
+    endpoint: Endpoint,
+    resource: str,
+    review: AdmissionRequest,
+    snapshot: Snapshot | None,
+    started: float,
+) -> None:
+    """Count a request denied because it could not be decided (not synced, not cached, error)."""
+    elapsed = time.perf_counter() - started
+    metrics.observe(endpoint, resource, review.operation, "error", elapsed)
+    namespace = _namespace_label(review.namespace, snapshot)
+    metrics.admission(endpoint, review.kind, namespace, review.operation, False, elapsed)
+
+
+def _count_rule_results(
+    metrics: WebhookMetrics, request: AdmissionRequest, policies: PolicySet, namespace: str
+) -> None:
+    """``agentops_policy_results_total`` for a validated object; never changes the answer.
+
+    Only the metric depends on it: a failure here is logged and the decision stands.
+    """
+    if request.object is None or request.sub_resource:
+        return
+    try:
+        results = evaluate(
+            request.object, policies, namespace_labels=request.namespace_labels, now=request.now
+        )
+        metrics.rule_results(results, request.kind, namespace, request.operation)
+    except Exception as exc:
+        log.error("counting rule results failed", extra={"uid": request.uid, **_where(exc)})
+
+
 def _decision_label(decision: Decision) -> str:
     if not decision.allowed:
         return "denied"
@@ -308,17 +355,19 @@ def create_app(
             return _json(
                 200, error_response(uid, "agentops webhook: internal error while reading the request; denied")
             )
+        snapshot: Snapshot | None = None
         try:
             if not source.synced:
-                metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
+                _failed_closed(metrics, endpoint, resource, review, None, started)
                 message = "agentops webhook: policy cache not synced yet; denied until it is, retry shortly"
                 return _json(200, error_response(review.uid, message, code=503))
             snapshot = source.snapshot()
             policies = snapshot.policies_for(review.kind)
-            decision = _DECIDE[endpoint](complete_request(review, snapshot), policies)
+            request = complete_request(review, snapshot)
+            decision = _DECIDE[endpoint](request, policies)
             answer = review_response(review.uid, decision)
         except NotCachedYet as missing:
-            metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
+            _failed_closed(metrics, endpoint, resource, review, snapshot, started)
             log.info(
                 "denied: object not in the watch cache yet",
                 extra={"uid": review.uid, "missing": str(missing)},
@@ -339,11 +388,18 @@ def create_app(
                     **_where(exc),
                 },
             )
-            metrics.observe(endpoint, resource, operation, "error", time.perf_counter() - started)
+            _failed_closed(metrics, endpoint, resource, review, snapshot, started)
             message = "agentops webhook: internal error while deciding; denied"
             return _json(200, error_response(review.uid, message))
         label = _decision_label(decision)
-        metrics.observe(endpoint, resource, operation, label, time.perf_counter() - started)
+        namespace = _namespace_label(review.namespace, snapshot)
+        if endpoint == "validate" and review.kind in _RESULT_KINDS and review.operation in _RULED_OPERATIONS:
+            # After the answer is on its way: the per-rule results (~30 us) are only for the
+            # metric, and the event loop runs this callback once the handler task yields.
+            asyncio.get_running_loop().call_soon(_count_rule_results, metrics, request, policies, namespace)
+        elapsed = time.perf_counter() - started
+        metrics.observe(endpoint, resource, operation, label, elapsed)
+        metrics.admission(endpoint, review.kind, namespace, review.operation, decision.allowed, elapsed)
         if label != "allowed" or decision.audit:
             log.info(
                 "admission decision",

@@ -1,12 +1,14 @@
 """The webhook's in-memory view of the cluster, fed by list+watch: no API call per admission.
 
-Four reflectors run as asyncio tasks on the server's event loop:
+Five reflectors run as asyncio tasks on the server's event loop:
 
 =========================  ==================================  ==================================
 resource                   kept                                used for
 =========================  ==================================  ==================================
 ClusterAgentPolicy         the parsed model                    every decision
 AgentPolicy                the parsed model                    every decision
+AgentPolicyException       the parsed model (small, no         excusing named rules of named
+                           prompts), expired ones too          policies for named agents
 AgentDeployment            namespace, name, labels (metadata   ``known_agents`` (pipeline steps)
                            only: prompts never reach us here)  and Scale requests' target labels
 Namespace                  labels (metadata only)              ClusterAgentPolicy namespaceSelector
@@ -16,7 +18,11 @@ Each is a :class:`kube.watch.Reflector` (list, then watch from the list's ``reso
 bookmarks, resume after a timeout, relist on ``410 Gone``).  Because every update happens on the
 event loop that also serves admissions, readers never see a half-applied change.  After each
 change a new immutable :class:`Snapshot` is built (with a new :class:`~policies.engine.PolicySet`
-when a policy changed), so a decision in flight keeps the snapshot it started with.
+when a policy or an exception changed), so a decision in flight keeps the snapshot it started with.
+
+Exceptions are kept whether or not they have expired: expiry is a matter of time, not of a watch
+event, so the engine judges it against each request's own ``now`` (nothing here decides it, and
+no verdict is cached), and an exception stops excusing the moment its ``expiresAt`` passes.
 
 ``synced`` turns true once every reflector has completed its first list; ``/readyz`` reports it.
 AgentDeployments and Namespaces are fetched as ``PartialObjectMetadata``: the API server strips
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import kube
-from contracts.resources import GROUP, VERSION, AgentPolicy, ClusterAgentPolicy
+from contracts.resources import GROUP, VERSION, AgentPolicy, AgentPolicyException, ClusterAgentPolicy
 from kube.watch import Reflector
 from policies.engine import PolicySet
 
@@ -93,6 +99,7 @@ class StaticPolicySource:
         return {
             "ClusterAgentPolicy": len(self._snapshot.policies.cluster),
             "AgentPolicy": len(self._snapshot.policies.namespaced),
+            "AgentPolicyException": len(self._snapshot.policies.exceptions),
             "AgentDeployment": len(self._snapshot.agent_labels),
             "Namespace": len(self._snapshot.namespace_labels),
         }
@@ -103,7 +110,7 @@ def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
 
 
 class ClusterPolicyCache:
-    """The real :class:`PolicySource`: four reflectors over one API connection."""
+    """The real :class:`PolicySource`: five reflectors over one API connection."""
 
     def __init__(
         self, connection: kube.Connection, *, on_change: Callable[[Mapping[str, int]], None] | None = None
@@ -124,6 +131,13 @@ class ClusterPolicyCache:
             AgentPolicy.from_k8s,
             self._rebuild_policies,
         )
+        self._exceptions = Reflector(
+            self._api,
+            kube.path(ours, "agentpolicyexceptions"),
+            "AgentPolicyException",
+            AgentPolicyException.from_k8s,
+            self._rebuild_policies,
+        )
         self._agents = Reflector(
             self._api, kube.path(ours, "agentdeployments"), "AgentDeployment", _labels, self._rebuild_agents,
             metadata_only=True,
@@ -136,7 +150,7 @@ class ClusterPolicyCache:
             self._rebuild_namespaces,
             metadata_only=True,
         )
-        self._reflectors = (self._cluster, self._namespaced, self._agents, self._namespaces)
+        self._reflectors = (self._cluster, self._namespaced, self._exceptions, self._agents, self._namespaces)
         self._snapshot = Snapshot(PolicySet())
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -152,7 +166,9 @@ class ClusterPolicyCache:
 
     def _rebuild_policies(self) -> None:
         policies = PolicySet(
-            cluster=tuple(self._cluster.store.values()), namespaced=tuple(self._namespaced.store.values())
+            cluster=tuple(self._cluster.store.values()),
+            namespaced=tuple(self._namespaced.store.values()),
+            exceptions=tuple(self._exceptions.store.values()),
         )
         self._snapshot = Snapshot(policies, self._snapshot.namespace_labels, self._snapshot.agent_labels)
         self._changed()

@@ -7,8 +7,10 @@ URL form (``https://127.0.0.1:PORT``) with :func:`register`.
 
 Choices (see docs/webhook.md for the reasoning):
 
-- rules match only our group, all five kinds plus ``agentdeployments/scale``, CREATE and UPDATE;
-  ``status`` is not matched: it is the controller's, and gating it would only add latency;
+- rules match only our group, every kind of ours (``contracts.resources.RESOURCES``, so a new kind
+  cannot be left ungated) plus ``agentdeployments/scale``, CREATE and UPDATE, the same for both
+  webhooks; ``status`` is not matched: it is the controller's, and gating it would only add latency.
+  AgentPolicyExceptions go through validation like the rest: policy decides whether one may exist;
 - ``matchPolicy: Equivalent``, ``sideEffects: None`` (a dry run changes nothing anywhere),
   ``timeoutSeconds: 5``, ``admissionReviewVersions: [v1]``;
 - both webhooks ``failurePolicy: Fail``: validation because it is the enforcement point, mutation

@@ -3,6 +3,7 @@
 ``deployments`` (AgentDeployment, also mutated), ``scale`` (``kubectl scale``), ``pipelines``
 (AgentPipeline structure and size), ``policies`` (ClusterAgentPolicy and AgentPolicy themselves,
 including "a team's policy may not loosen the organisation's"), ``revisions``
-(AgentPromptRevision).  :mod:`policies.engine` dispatches to them; :mod:`policies.verdict`
-decides what their findings mean.
+(AgentPromptRevision), ``exceptions`` (AgentPolicyException: who may excuse what, for how
+long).  :mod:`policies.engine` dispatches to them; :mod:`policies.verdict` decides what their
+findings mean.
 """

@@ -74,26 +74,41 @@ def _path(loc: tuple[int | str, ...]) -> str:
 def effective_for(
     request: AdmissionRequest, labels: Mapping[str, str], policies: PolicySet
 ) -> EffectivePolicy:
-    """The effective policy for an object of the request's namespace with ``labels``."""
+    """The effective policy for the request's object (in its namespace, with ``labels``), leaving
+    out the rules an unexpired AgentPolicyException excuses for it at ``request.now``."""
+    if policies.exceptions:
+        excusals = policies.excusals(request.namespace, request.name, request.now)
+        if excusals:
+            return policies.index.effective(
+                request.namespace, labels, request.namespace_labels, frozenset(excusals)
+            )
     return policies.index.effective(request.namespace, labels, request.namespace_labels)
 
 
-def bound_findings(field_path: str, value: int, bounds: tuple[Bound, ...], what: str = "") -> list[Finding]:
-    """The most severe violated ceiling (``bounds`` are ordered most severe first)."""
+def bound_findings(
+    rule: str, field_path: str, value: int, bounds: tuple[Bound, ...], what: str = ""
+) -> list[Finding]:
+    """The most severe violated ceiling of ``rule`` (``bounds`` are ordered most severe first)."""
     found: list[Finding] = []
-    add_bound_finding(found, field_path, value, bounds, what)
+    add_bound_finding(found, rule, field_path, value, bounds, what)
     return found
 
 
 def add_bound_finding(
-    found: list[Finding], field_path: str, value: int, bounds: tuple[Bound, ...], what: str = ""
+    found: list[Finding], rule: str, field_path: str, value: int, bounds: tuple[Bound, ...], what: str = ""
 ) -> None:
     """Append the most severe violated ceiling to ``found``; allocates nothing when none is."""
     for bound in bounds:
         if value > bound.value:
             found.append(
                 Finding(
-                    f"{field_path}: {value}{what} exceeds {bound.value} set by {bound.source}", bound.mode
+                    f"{field_path}: {value}{what} exceeds {bound.value} set by {bound.source}",
+                    bound.mode,
+                    rule,
+                    bound.source,
+                    field_path,
+                    f"{value}{what}",
+                    str(bound.value),
                 )
             )
             return

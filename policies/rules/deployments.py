@@ -34,7 +34,8 @@ from policies.verdict import Finding, audit_messages
 
 #: (limit name, model attribute, field path, ceiling key), precomputed for the per-request loop.
 _LIMIT_FIELDS = tuple(
-    (name, LIMIT_ATTRS[name], f"spec.limits.{name}", f"limits.{name}.max") for name in LIMIT_NAMES
+    (name, LIMIT_ATTRS[name], f"spec.limits.{name}", f"limits.{name}.max", f"limits.{name}")
+    for name in LIMIT_NAMES
 )
 
 
@@ -45,7 +46,7 @@ def spec_findings(
     found: list[Finding] = []
     limits = spec.limits
     ceilings = eff.ceilings
-    for name, attr, where, key in _LIMIT_FIELDS:
+    for name, attr, where, key, rule in _LIMIT_FIELDS:
         value = getattr(limits, attr) if limits is not None else None
         if value is None and filled:
             value = filled.get(name)
@@ -57,6 +58,8 @@ def spec_findings(
                         f"{where}: missing, and no matching ClusterAgentPolicy or AgentPolicy sets "
                         f"limits.{name}.default; limits are mandatory, set {where}",
                         None,
+                        field=where,
+                        value="missing",
                     )
                 )
             else:  # mutate would have filled it: the mutating webhook did not run
@@ -65,18 +68,22 @@ def spec_findings(
                         f"{where}: missing; the agentops mutating webhook fills in the default "
                         f"{default.value} from {default.source}, but it did not run on this request",
                         None,
+                        field=where,
+                        value="missing",
                     )
                 )
             continue
         # The last bound is the strictest: below it, none can be violated (the allow path).
         bounds = ceilings.get(key)
         if bounds and value > bounds[-1].value:
-            add_bound_finding(found, where, value, bounds)
+            add_bound_finding(found, rule, where, value, bounds)
     replicas = ceilings.get("replicas.max", ())
     if replicas and spec.replicas > replicas[-1].value:
-        add_bound_finding(found, "spec.replicas", spec.replicas, replicas)
+        add_bound_finding(found, "replicas.max", "spec.replicas", spec.replicas, replicas)
     if spec.autoscaling is not None:
-        add_bound_finding(found, "spec.autoscaling.maxReplicas", spec.autoscaling.max_replicas, replicas)
+        add_bound_finding(
+            found, "replicas.max", "spec.autoscaling.maxReplicas", spec.autoscaling.max_replicas, replicas
+        )
     if eff.models_allowed:
         for allow in eff.disallowed_model(spec.model):
             found.append(
@@ -84,6 +91,11 @@ def spec_findings(
                     f'spec.model: "{spec.model}" is not allowed by {allow.source} '
                     f"(allowed: {', '.join(allow.patterns)})",
                     allow.mode,
+                    "models.allowed",
+                    allow.source,
+                    "spec.model",
+                    spec.model,
+                    ", ".join(allow.patterns),
                 )
             )
     bounds = ceilings.get("prompts.maxBytes")
@@ -92,7 +104,7 @@ def spec_findings(
         # An ASCII str's length is its UTF-8 size (isascii is O(1)): no encoding of the prompt.
         size = len(prompt) if prompt.isascii() else len(prompt.encode("utf-8"))
         if size > bounds[-1].value:
-            add_bound_finding(found, "spec.systemPrompt", size, bounds, " bytes")
+            add_bound_finding(found, "prompts.maxBytes", "spec.systemPrompt", size, bounds, " bytes")
     probe = spec.liveness_probe
     floors = ceilings.get("probes.minIntervalSeconds")
     # ping probes cost no tokens: no floor; the last floor is the highest.
@@ -109,10 +121,18 @@ def spec_findings(
                         f"spec.livenessProbe.intervalSeconds: {probe.interval_seconds} is below the minimum "
                         f"{bound.value} set by {bound.source} (semantic probes cost tokens)",
                         bound.mode,
+                        "probes.minIntervalSeconds",
+                        bound.source,
+                        "spec.livenessProbe.intervalSeconds",
+                        str(probe.interval_seconds),
+                        str(bound.value),
                     )
                 )
                 break
     return found
+
+
+CHANGE_REASON_RULE = "prompts.requireChangeReason"
 
 
 def change_reason_findings(
@@ -130,6 +150,11 @@ def change_reason_findings(
                 f"{where}: missing; {ref.source} requires a change reason whenever spec.systemPrompt "
                 f"changes: set the annotation {CHANGE_REASON} to why the prompt changed",
                 ref.mode,
+                CHANGE_REASON_RULE,
+                ref.source,
+                where,
+                "missing",
+                "a change reason",
             )
         ]
     if (
@@ -141,6 +166,11 @@ def change_reason_findings(
                 f"{where}: unchanged since the previous prompt change; {ref.source} requires a new reason "
                 f"whenever spec.systemPrompt changes: update the annotation {CHANGE_REASON}",
                 ref.mode,
+                CHANGE_REASON_RULE,
+                ref.source,
+                where,
+                reason,
+                "a new change reason",
             )
         ]
     return []

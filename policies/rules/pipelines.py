@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from contracts import pipeline_graph, templates
 from contracts.resources import AgentPipeline, AgentPipelineSpec
+from policies.effective import EffectivePolicy
 from policies.review import AdmissionRequest, PolicySet
 from policies.rules.base import Checked, Rules, bound_findings, effective_for, model_parser
 from policies.verdict import Finding
@@ -72,13 +73,20 @@ def missing_agents(
     ]
 
 
+def size_findings(spec: AgentPipelineSpec, eff: EffectivePolicy) -> list[Finding]:
+    """``pipelines.maxSteps``: the most severe ceiling the number of steps exceeds."""
+    return bound_findings(
+        "pipelines.maxSteps",
+        "spec.steps",
+        len(spec.steps),
+        eff.ceilings.get("pipelines.maxSteps", ()),
+        " steps",
+    )
+
+
 def stored(request: AdmissionRequest, pipeline: AgentPipeline, policies: PolicySet) -> list[Finding]:
     findings = [Finding(m, None) for m in structure_problems(pipeline.spec)]
-    eff = effective_for(request, pipeline.metadata.labels, policies)
-    steps = len(pipeline.spec.steps)
-    return findings + bound_findings(
-        "spec.steps", steps, eff.ceilings.get("pipelines.maxSteps", ()), " steps"
-    )
+    return findings + size_findings(pipeline.spec, effective_for(request, pipeline.metadata.labels, policies))
 
 
 def check(request: AdmissionRequest, pipeline: AgentPipeline, policies: PolicySet) -> Checked:

@@ -27,7 +27,7 @@ def parse(obj: Mapping[str, Any] | None) -> Parsed[int]:
 
 def stored(request: AdmissionRequest, replicas: int, policies: PolicySet) -> list[Finding]:
     eff = effective_for(request, request.target_labels or {}, policies)
-    return bound_findings("spec.replicas", replicas, eff.ceilings.get("replicas.max", ()))
+    return bound_findings("replicas.max", "spec.replicas", replicas, eff.ceilings.get("replicas.max", ()))
 
 
 def check(request: AdmissionRequest, replicas: int, policies: PolicySet) -> Checked:

@@ -216,6 +216,7 @@ def test_helm_uninstall_removes_the_release_and_keeps_the_crds(
             "agentdeployments.agentops.agentops.io",
             "agentpipelines.agentops.agentops.io",
             "agentpolicies.agentops.agentops.io",
+            "agentpolicyexceptions.agentops.agentops.io",
             "agentpromptrevisions.agentops.agentops.io",
             "clusteragentpolicies.agentops.agentops.io",
             "clusterkopfpeerings.kopf.dev",

@@ -49,13 +49,14 @@ def test_seed_semantic_probe_applies(kubectl: Kubectl) -> None:
     assert probe["validatorPrompt"] == "Reply with exactly one word: HEALTHY"
 
 
-def test_get_agdep_shows_model_replicas_ready_age(kubectl: Kubectl) -> None:
+def test_get_agdep_shows_model_replicas_ready_violation_age(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", "-", input=SEED_AGENT)
     lines = kubectl("get", "agdep").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "MODEL", "REPLICAS", "READY", "AGE"]
+    assert lines[0].split() == ["NAME", "MODEL", "REPLICAS", "READY", "VIOLATION", "AGE"]
     row = lines[1].split()
     assert row[:3] == ["research-agent", "claude-sonnet-4-20250514", "3"]
-    # READY is empty until the controller reports status; AGE is the last column, e.g. "0s".
+    # READY and VIOLATION (the PolicyViolation condition's status) are empty until the controller
+    # reports status; AGE is the last column, e.g. "0s".
     assert re.fullmatch(r"\d+[smhd]", row[-1])
 
 

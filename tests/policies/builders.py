@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonpatch
 
-from contracts.resources import AgentPolicy, ClusterAgentPolicy
+from contracts.resources import AgentPolicy, AgentPolicyException, ClusterAgentPolicy
 from policies.engine import AdmissionRequest, Decision, PolicySet, UserInfo, mutate, validate
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -141,10 +141,51 @@ def admit(req: AdmissionRequest, policies: PolicySet) -> tuple[Decision, dict[st
 
 
 def policies(
-    *items: ClusterAgentPolicy | AgentPolicy, agents: frozenset[tuple[str, str]] = frozenset()
+    *items: ClusterAgentPolicy | AgentPolicy | AgentPolicyException,
+    agents: frozenset[tuple[str, str]] = frozenset(),
 ) -> PolicySet:
     return PolicySet(
         cluster=tuple(p for p in items if isinstance(p, ClusterAgentPolicy)),
         namespaced=tuple(p for p in items if isinstance(p, AgentPolicy)),
         known_agents=agents,
+        exceptions=tuple(p for p in items if isinstance(p, AgentPolicyException)),
     )
+
+
+def policy_exception(
+    name: str = "ticket-42",
+    *,
+    agents: tuple[str, ...] = ("researcher",),
+    policy: str = "org",
+    kind: str = "ClusterAgentPolicy",
+    rules: tuple[str, ...] = ("limits.maxTokensPerCall",),
+    expires: datetime = NOW + timedelta(hours=1),
+    reason: str = "OPS-42 load test",
+    namespace: str = NAMESPACE,
+) -> AgentPolicyException:
+    return AgentPolicyException.model_validate(exception_object(**locals()))
+
+
+def exception_object(
+    name: str = "ticket-42",
+    *,
+    agents: tuple[str, ...] = ("researcher",),
+    policy: str = "org",
+    kind: str = "ClusterAgentPolicy",
+    rules: tuple[str, ...] = ("limits.maxTokensPerCall",),
+    expires: datetime = NOW + timedelta(hours=1),
+    reason: str = "OPS-42 load test",
+    namespace: str = NAMESPACE,
+) -> dict[str, Any]:
+    """An AgentPolicyException as a client submits it."""
+    return {
+        "apiVersion": "agentops.agentops.io/v1alpha1",
+        "kind": "AgentPolicyException",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "agents": list(agents),
+            "policies": [{"kind": kind, "name": policy, "rules": list(rules)}],
+            "expiresAt": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "reason": reason,
+        },
+    }

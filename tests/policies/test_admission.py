@@ -189,3 +189,20 @@ def test_overlong_warnings_are_cut() -> None:
     response = review_response("u4", Decision(allowed=True, warnings=("w" * 400,)))["response"]
     assert len(response["warnings"][0]) == 256
     assert response["warnings"][0].endswith("...")
+
+
+def test_a_long_excused_warning_keeps_the_exception_that_excused_it() -> None:
+    note = (
+        " (excepted by AgentPolicyException/team-with-a-long-name/load-test"
+        " until 2026-03-01T18:00:00Z: OPS-42)"
+    )
+    violation = "spec.limits.maxTokensPerCall: 50000 exceeds 16000 set by ClusterAgentPolicy/" + "o" * 200
+    plain = "spec.replicas: 9 exceeds 4 set by AgentPolicy/" + "p" * 300
+    response = review_response("u", Decision(allowed=True, warnings=(violation + note, plain)))["response"]
+    excused, cut = response["warnings"]
+    assert len(excused) == 256
+    assert excused.endswith("..." + note), excused
+    assert excused.startswith("spec.limits.maxTokensPerCall: 50000 exceeds 16000")
+    assert len(cut) == 256
+    assert cut.endswith("...")
+    assert cut.startswith("spec.replicas: 9 exceeds 4")

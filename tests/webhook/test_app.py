@@ -8,6 +8,7 @@ the real API server in ``test_cache.py``, and everything together in ``test_e2e.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -17,7 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.resources import API_VERSION, AgentPolicyException
 from policies.engine import PolicySet
+from tests.support.waiting import eventually
 from tests.webhook.conftest import Served, serve
 from tests.webhook.reviews import agent, apply_patch, cluster_policy, review, scale_review
 from webhook.app import create_app
@@ -99,6 +102,43 @@ def test_validate_denies_over_the_ceiling_naming_field_value_limit_and_policy(ht
     assert (
         "spec.limits.maxTokensPerCall: 50000 exceeds 16000 set by ClusterAgentPolicy/org-defaults" in message
     )
+
+
+def test_an_exception_stops_excusing_when_the_clock_passes_its_expiry(cert_dir: Path) -> None:
+    # One snapshot, one process: only time changes between the two answers, so nothing may have
+    # cached the first verdict or judged expiry once when the exception arrived.
+    expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)
+    waiver = AgentPolicyException.from_k8s(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "AgentPolicyException",
+            "metadata": {"name": "waiver", "namespace": "team-a"},
+            "spec": {
+                "agents": ["greedy"],
+                "policies": [{"name": "org-defaults", "rules": ["limits.maxTokensPerCall"]}],
+                "expiresAt": expires_at.isoformat(),
+                "reason": "OPS-1",
+            },
+        }
+    )
+    snapshot = Snapshot(
+        PolicySet(cluster=SNAPSHOT.policies.cluster, exceptions=(waiver,)),
+        namespace_labels=SNAPSHOT.namespace_labels,
+        agent_labels=SNAPSHOT.agent_labels,
+    )
+    obj = agent("greedy", limits={"maxTokensPerCall": 50000, "maxConcurrentTasks": 1, "timeoutSeconds": 10})
+    with serve(create_app(StaticPolicySource(snapshot)), cert_dir) as served, served.client() as http:
+        mutated = apply_patch(obj, response_of(http, "/mutate", review(obj)))
+        excused = response_of(http, "/validate", review(mutated))
+        assert excused["allowed"] is True, excused
+        (warning,) = [w for w in excused["warnings"] if "maxTokensPerCall: 50000" in w]
+        assert "AgentPolicyException/team-a/waiver" in warning
+        assert "OPS-1" in warning
+        eventually("the clock passes expiresAt", lambda: dt.datetime.now(dt.UTC) > expires_at, within=5)
+        expired = response_of(http, "/validate", review(mutated))
+        assert expired["allowed"] is False
+        assert "spec.limits.maxTokensPerCall: 50000 exceeds 16000" in expired["status"]["message"]
+        assert "waiver" not in expired["status"]["message"]
 
 
 def test_scale_is_checked_against_the_scaled_agents_labels_from_the_cache(http: httpx.Client) -> None:

@@ -55,7 +55,7 @@ def test_configurations_have_the_required_settings() -> None:
         assert rule["operations"] == ["CREATE", "UPDATE"]
         assert set(rule["resources"]) == {
             "agentdeployments", "agentdeployments/scale", "agentpipelines", "agentpolicies",
-            "agentpromptrevisions", "clusteragentpolicies",
+            "agentpolicyexceptions", "agentpromptrevisions", "clusteragentpolicies",
         }  # fmt: skip
     assert mutating["webhooks"][0]["reinvocationPolicy"] == "IfNeeded"
 
@@ -132,6 +132,8 @@ CAN_I = [
     ("list", "clusteragentpolicies.agentops.agentops.io", True),
     ("watch", "agentpolicies.agentops.agentops.io", True),
     ("watch", "agentdeployments.agentops.agentops.io", True),
+    ("list", "agentpolicyexceptions.agentops.agentops.io", True),
+    ("watch", "agentpolicyexceptions.agentops.agentops.io", True),
     ("list", "namespaces", True),
     ("get", "secret/agentops-webhook-tls", True),
     ("update", "secret/agentops-webhook-tls", True),
@@ -145,6 +147,8 @@ CAN_I = [
     ("create", "agentdeployments.agentops.agentops.io", False),
     ("update", "agentdeployments.agentops.agentops.io", False),
     ("get", "agentdeployments.agentops.agentops.io", False),
+    ("create", "agentpolicyexceptions.agentops.agentops.io", False),
+    ("update", "agentpolicyexceptions.agentops.agentops.io", False),
     ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/someone-elses", False),
     ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io/agentops-admission", False),
 ]
