@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,7 +33,7 @@ import yaml
 from pydantic import ValidationError
 
 from contracts.resources import AgentPolicy, AgentPolicyException, ClusterAgentPolicy
-from policies.engine import AdmissionRequest, PolicySet, UserInfo, mutate, validate
+from policies.engine import AdmissionRequest, Decision, PolicySet, UserInfo, mutate, validate
 
 TEST_USER = UserInfo(username="policy-test", uid="", groups=("system:authenticated",))
 CHECKED_KINDS = frozenset(
@@ -207,13 +207,34 @@ def evaluate(
     doc: Document, policies: PolicySet, namespace_labels: dict[str, str], now: datetime
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """``(denials, warnings, audit)`` of creating ``doc``: mutate, apply the patch, validate."""
+    request, mutated, obj = mutate_create(
+        f"policy-test:{doc.path}:{doc.kind}/{doc.name}", doc, doc.namespace, doc.obj, policies,
+        namespace_labels, now,
+    )  # fmt: skip
+    if not mutated.allowed:
+        return mutated.denials, mutated.warnings, mutated.audit
+    decision = validate(dataclasses.replace(request, object=obj), policies)
+    return decision.denials, decision.warnings, decision.audit
+
+
+def mutate_create(
+    uid: str,
+    doc: Document,
+    namespace: str | None,
+    obj: Mapping[str, Any],
+    policies: PolicySet,
+    namespace_labels: Mapping[str, str],
+    now: datetime,
+) -> tuple[AdmissionRequest, Decision, Mapping[str, Any]]:
+    """Create ``obj`` offline as the mutating webhook would: the request, its decision, and the
+    object with the patch applied (``obj`` itself when denied or unpatched)."""
     request = AdmissionRequest(
-        uid=f"policy-test:{doc.path}:{doc.kind}/{doc.name}",
+        uid=uid,
         kind=doc.kind,
         operation="CREATE",
-        namespace=doc.namespace,
+        namespace=namespace,
         name=doc.name,
-        object=doc.obj,
+        object=obj,
         old_object=None,
         user=TEST_USER,
         dry_run=True,
@@ -221,11 +242,8 @@ def evaluate(
         namespace_labels=namespace_labels,
     )
     mutated = mutate(request, policies)
-    if not mutated.allowed:
-        return mutated.denials, mutated.warnings, mutated.audit
-    obj = jsonpatch.apply_patch(doc.obj, list(mutated.patch)) if mutated.patch else doc.obj
-    decision = validate(dataclasses.replace(request, object=obj), policies)
-    return decision.denials, decision.warnings, decision.audit
+    patched = jsonpatch.apply_patch(obj, list(mutated.patch)) if mutated.allowed and mutated.patch else obj
+    return request, mutated, patched
 
 
 def build_policy_set(

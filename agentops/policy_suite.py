@@ -24,17 +24,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TextIO
 
-import jsonpatch
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agentops.policy_cmd import (
     DEFAULT_NAMESPACE,
     SUITE_FILES,
-    TEST_USER,
     Document,
     ManifestError,
     load_documents,
+    mutate_create,
 )
 from contracts.resources import (
     AgentPolicy,
@@ -42,7 +41,7 @@ from contracts.resources import (
     ClusterAgentPolicy,
     PolicyRule,
 )
-from policies.engine import AdmissionRequest, PolicySet, mutate
+from policies.engine import PolicySet
 from policies.results import BUILTIN_POLICY, BUILTIN_RULE, RuleResult, evaluate
 
 #: The kinds whose rules a suite can expect results of (what the engine evaluates per rule).
@@ -309,23 +308,17 @@ def _judge(
     namespace = doc.namespace or DEFAULT_NAMESPACE
     obj = {**doc.obj, "metadata": {**(doc.obj.get("metadata") or {}), "namespace": namespace}}
     labels = dict(namespace_labels.get(namespace) or {"kubernetes.io/metadata.name": namespace})
-    request = AdmissionRequest(
-        uid=f"policy-test:{doc.path}:{doc.kind}/{namespace}/{doc.name}",
-        kind=doc.kind,
-        operation="CREATE",
-        namespace=namespace,
-        name=doc.name,
-        object=obj,
-        old_object=None,
-        user=TEST_USER,
-        dry_run=True,
-        now=now,
-        namespace_labels=labels,
+    _, mutated, patched = mutate_create(
+        f"policy-test:{doc.path}:{doc.kind}/{namespace}/{doc.name}",
+        doc,
+        namespace,
+        obj,
+        policies,
+        labels,
+        now,
     )
-    mutated = mutate(request, policies)
     if not mutated.allowed:
         return Judged(doc, obj, {}, mutated.message())
-    patched = jsonpatch.apply_patch(obj, list(mutated.patch)) if mutated.patch else obj
     results = evaluate(patched, policies, namespace_labels=labels, now=now)
     return Judged(doc, patched, {(r.policy, r.rule): r for r in results}, "")
 
