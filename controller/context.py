@@ -72,6 +72,8 @@ class ScanState:
     #: namespace -> (kind, name) -> the object as the engine reads it (:func:`controller.scan.essence`).
     objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = field(default_factory=dict)
     namespaces: dict[str, NamespaceScan] = field(default_factory=dict)
+    #: Namespaces with a change the index handlers saw and no scan was requested for yet.
+    pending: set[str] = field(default_factory=set)
     #: (namespace, agent) -> the Enforce violations found by the last scan (empty: none); an agent
     #: not scanned yet has no entry, and its PolicyViolation condition is left as it is.
     violations: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)

@@ -282,14 +282,14 @@ async def agent_index(body: Any, namespace: str | None, name: str, **_: Any) -> 
     ctx.agents[(str(namespace), name)] = AgentInfo(
         ready_replicas=int(status.get("readyReplicas") or 0), replicas=int(status.get("replicas") or 0)
     )
-    # Only observed: indexes are filled before kopf decides whether this replica leads, and scans
-    # are requested by the handlers that run on the leader (the events that follow the listing).
-    scan.observe(ctx, _plain(body), deleted=False)
+    # Only noted: indexes are filled on every replica, and scans are requested by the event
+    # handlers, which run on the leader only.
+    scan.indexed(ctx, _plain(body))
 
 
 @kopf.index(GROUP, VERSION, "agentpipelines")
 async def pipeline_index(body: Any, **_: Any) -> None:
-    scan.observe(context(), _plain(body), deleted=False)
+    scan.indexed(context(), _plain(body))
 
 
 def _policies_changed(ctx: Context) -> None:

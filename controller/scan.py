@@ -63,8 +63,10 @@ BUDGET_RULE = "budget"
 ENFORCE_SEVERITY = SEVERITY["Enforce"]
 #: After a failed scan (API server or Redis unreachable), try again this soon.
 RETRY_SECONDS = 5.0
-#: Threads writing reports (one namespace's report is one call; more only queue at the API server).
-REPORT_WRITERS = 2
+#: Threads writing reports: a policy change rewrites every namespace's report at once, while the
+#: shared pool's 16 threads re-render every agent's children; the API server shares its time
+#: between requests in flight, so the reports get a fair part of it.
+REPORT_WRITERS = 8
 #: A scan due at an exception's expiry starts this long after it, so the exception has expired.
 EXPIRY_MARGIN_SECONDS = 0.05
 
@@ -112,12 +114,26 @@ def observe(ctx: Context, body: Mapping[str, Any], *, deleted: bool) -> bool:
     return _judged_part(before) != _judged_part(current)
 
 
+def indexed(ctx: Context, body: Mapping[str, Any]) -> None:
+    """:func:`observe` for kopf's index handlers, which run on every replica and before the event
+    handlers of the same change: a change is only noted, and :func:`changed` requests the scan."""
+    if observe(ctx, body, deleted=False):
+        ctx.scans.pending.add(str((body.get("metadata") or {}).get("namespace")))
+
+
 def changed(ctx: Context, body: Mapping[str, Any], *, deleted: bool) -> None:
-    """:func:`observe`, and a scan of the namespace when the verdict may have changed or the
-    namespace was never scanned since the start (for kopf's event handlers)."""
-    namespace = (body.get("metadata") or {}).get("namespace")
-    if observe(ctx, body, deleted=deleted) or (namespace and namespace not in ctx.scans.namespaces):
-        request(ctx, str(namespace))
+    """:func:`observe`, and a scan of the namespace when the verdict may have changed (here or in
+    the index handler just before) or the namespace was never scanned since the start (for kopf's
+    event handlers)."""
+    namespace = str((body.get("metadata") or {}).get("namespace") or "")
+    if not namespace:
+        return
+    if (
+        observe(ctx, body, deleted=deleted)
+        or namespace in ctx.scans.pending
+        or namespace not in ctx.scans.namespaces
+    ):
+        request(ctx, namespace)
 
 
 def _judged_part(obj: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -129,6 +145,7 @@ def request(ctx: Context, namespace: str) -> None:
     """Scan ``namespace`` soon (debounced); call only from kopf handlers (see the module docstring)."""
     if ctx.scans.closed:
         return  # the operator is stopping: handlers still running start nothing new
+    ctx.scans.pending.discard(namespace)
     state = ctx.scans.namespace(namespace)
     state.requested = True
     state.wake.set()
@@ -322,7 +339,12 @@ async def _write_report(
     size = reports.size(report)
     if report == state.report:
         return False, size, len(report["results"])
-    await _call(ctx, ctx.kube.apply, report)
+    try:
+        await _call(ctx, ctx.kube.apply, report)
+    except kube.ApiError as exc:
+        if exc.status == 404:  # the CRD was removed: check (and say so) again before the next write
+            ctx.scans.reports_served = None
+        raise
     state.report = report
     return True, size, len(report["results"])
 

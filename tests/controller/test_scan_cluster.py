@@ -83,17 +83,29 @@ spec:
 
 
 @pytest.fixture
+def scan_interval() -> float:
+    """The controller's ``--scan-interval``: long, so only changes and expiries trigger scans
+    (a test of the period overrides it with ``pytest.mark.parametrize``)."""
+    return 300.0
+
+
+@pytest.fixture
 def scanner(
-    cluster_kubectl: Kubectl, namespace: str, redis_url: str, control_plane: Any, tmp_path: Path
+    cluster_kubectl: Kubectl,
+    namespace: str,
+    redis_url: str,
+    control_plane: Any,
+    tmp_path: Path,
+    scan_interval: float,
 ) -> Iterator[ControllerProcess]:
-    """The controller of the test namespace, authenticated as its ServiceAccount; scan every 2 s."""
+    """The controller of the test namespace, authenticated as its ServiceAccount."""
     if cluster_kubectl("get", "namespace", "agentops-system", check=False).returncode != 0:
         cluster_kubectl("create", "namespace", "agentops-system")
     cluster_kubectl("apply", "-f", str(MANIFESTS / "rbac-controller.yaml"))
     config = service_account_kubeconfig(cluster_kubectl, control_plane.kubeconfig, tmp_path / "sa.kubeconfig")
     env = {**os.environ, "KUBECONFIG": str(config)}
     env.pop("ANTHROPIC_API_KEY", None)
-    argv = controller_argv(namespace, redis_url, "--scan-interval", "2")
+    argv = controller_argv(namespace, redis_url, "--scan-interval", str(scan_interval))
     proc = ControllerProcess(argv, env, tmp_path / "controller.log")
     proc.start()
     try:
@@ -239,7 +251,10 @@ def test_one_report_per_namespace_covering_agents_and_pipelines_and_gone_with_th
         "-p",
         '{"spec":{"pipelines":{"maxSteps":1}}}',
     )
-    for name in ("one", "two", "three"):
+    kubectl("apply", "-f", "-", input=AGENT.format(name="one"))
+    eventually("the first agent in the report", lambda: result_of(kubectl, "one", "limits.maxTokensPerCall"))
+    # Objects added to a namespace already scanned are scanned too (not only at the period).
+    for name in ("two", "three"):
         kubectl("apply", "-f", "-", input=AGENT.format(name=name))
     kubectl(
         "apply",
@@ -262,7 +277,7 @@ spec:
         wanted = {("AgentDeployment", n) for n in ("one", "two", "three")} | {("AgentPipeline", "two-steps")}
         return stored if subjects == wanted else None
 
-    stored = eventually("one report covering the three agents and the pipeline", covered, within=30)
+    stored = eventually("one report covering the three agents and the pipeline", covered, within=10)
     assert stored["scope"] == {"apiVersion": "v1", "kind": "Namespace", "name": namespace}
     steps = next(r for r in stored["results"] if r["rule"] == "pipelines.maxSteps")
     assert steps["result"] == "fail"
@@ -336,6 +351,7 @@ def test_an_exception_excuses_until_it_expires_then_the_scan_reports_the_failure
     assert scanner.proc.poll() is None  # no restart: the same process noticed the expiry
 
 
+@pytest.mark.parametrize("scan_interval", [2.0])
 def test_an_agent_over_budget_appears_in_the_report_at_the_next_periodic_scan(
     kubectl: Kubectl,
     cluster_kubectl: Kubectl,
