@@ -6,16 +6,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from agentops import history_cmd, pipeline_cmd, policy_cmd, stack_cmd, task_cmd
+from agentops import history_cmd, pipeline_cmd, policy_cmd, stack_cmd, task_cmd, uninstall_cmd
 from kube.config import ConfigError
 
-COMMAND_MODULES = (policy_cmd, task_cmd, history_cmd, pipeline_cmd, stack_cmd)
+COMMAND_MODULES = (policy_cmd, task_cmd, history_cmd, pipeline_cmd, stack_cmd, uninstall_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentops",
-        description="Operate AI agents on Kubernetes: policies, tasks, prompt history, pipelines.",
+        description=(
+            "Operate AI agents on Kubernetes: policies, tasks, prompt history, pipelines, uninstall."
+        ),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:

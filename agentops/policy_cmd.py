@@ -23,19 +23,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import jsonpatch
-import yaml
 from pydantic import ValidationError
 
-from contracts.resources import AgentPolicy, AgentPolicyException, ClusterAgentPolicy
-from policies.engine import AdmissionRequest, Decision, PolicySet, UserInfo, mutate, validate
+from agentops import policy_suite
+from agentops.offline import (
+    POLICY_KINDS,
+    Document,
+    ManifestError,
+    PolicyObject,
+    existing_agents,
+    labels_of,
+    load_documents,
+    mutate_create,
+    parse_policy,
+    policy_set,
+)
+from policies.engine import PolicySet, validate
 
-TEST_USER = UserInfo(username="policy-test", uid="", groups=("system:authenticated",))
 CHECKED_KINDS = frozenset(
     {
         "AgentDeployment",
@@ -46,40 +55,6 @@ CHECKED_KINDS = frozenset(
         "AgentPolicyException",
     }
 )
-#: What makes up the policy set: the policies and the exceptions to them.
-POLICY_KINDS = ("ClusterAgentPolicy", "AgentPolicy", "AgentPolicyException")
-DEFAULT_NAMESPACE = "default"
-MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-#: The names of a test suite file (:mod:`agentops.policy_suite`).
-SUITE_FILES = ("agentops-test.yaml", "agentops-test.yml")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Document:
-    path: str
-    obj: dict[str, Any]
-
-    @property
-    def kind(self) -> str:
-        return str(self.obj.get("kind", ""))
-
-    @property
-    def name(self) -> str:
-        meta = self.obj.get("metadata")
-        name = meta.get("name") if isinstance(meta, dict) else None
-        return str(name or "<unnamed>")
-
-    @property
-    def namespace(self) -> str | None:
-        if self.kind == "ClusterAgentPolicy":
-            return None
-        meta = self.obj.get("metadata")
-        namespace = meta.get("namespace") if isinstance(meta, dict) else None
-        return str(namespace) if namespace else DEFAULT_NAMESPACE
-
-
-class ManifestError(Exception):
-    """A file that cannot be read or parsed; the message starts with the file name."""
 
 
 def rfc3339_time(text: str) -> datetime:
@@ -153,9 +128,6 @@ def run_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
         )
         return 2
     if args.suites:
-        # Imported here: policy_suite builds on this module's loader.
-        from agentops import policy_suite
-
         if args.files or args.policies:
             print(
                 "agentops policy test: give test suite directories (DIR) or manifests (-f PATH), not both",
@@ -179,7 +151,7 @@ def run_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
     policy_set = build_policy_set(policy_documents, documents, out)
     problems += policy_set[1]
     namespace_labels = {
-        doc.name: _labels(doc.obj) for doc in documents + policy_documents if doc.kind == "Namespace"
+        doc.name: labels_of(doc.obj) for doc in documents + policy_documents if doc.kind == "Namespace"
     }
     now = args.now or datetime.now(UTC)
     checked = denied = warned = 0
@@ -217,121 +189,27 @@ def evaluate(
     return decision.denials, decision.warnings, decision.audit
 
 
-def mutate_create(
-    uid: str,
-    doc: Document,
-    namespace: str | None,
-    obj: Mapping[str, Any],
-    policies: PolicySet,
-    namespace_labels: Mapping[str, str],
-    now: datetime,
-) -> tuple[AdmissionRequest, Decision, Mapping[str, Any]]:
-    """Create ``obj`` offline as the mutating webhook would: the request, its decision, and the
-    object with the patch applied (``obj`` itself when denied or unpatched)."""
-    request = AdmissionRequest(
-        uid=uid,
-        kind=doc.kind,
-        operation="CREATE",
-        namespace=namespace,
-        name=doc.name,
-        object=obj,
-        old_object=None,
-        user=TEST_USER,
-        dry_run=True,
-        now=now,
-        namespace_labels=namespace_labels,
-    )
-    mutated = mutate(request, policies)
-    patched = jsonpatch.apply_patch(obj, list(mutated.patch)) if mutated.allowed and mutated.patch else obj
-    return request, mutated, patched
-
-
 def build_policy_set(
     policy_documents: Sequence[Document], documents: Sequence[Document], out: TextIO
 ) -> tuple[PolicySet, int]:
-    """The policies among both lists and the agents among ``documents``; invalid policies are left
-    out, and reported here when they come from ``--policies`` (the others are evaluated anyway)."""
-    cluster: list[ClusterAgentPolicy] = []
-    namespaced: list[AgentPolicy] = []
-    exceptions: list[AgentPolicyException] = []
-    agents: set[tuple[str, str]] = set()
+    """The policies among both lists and the agents among them; invalid policies are left out,
+    and reported here when they come from ``--policies`` (the others are evaluated anyway)."""
+    objects: list[PolicyObject] = []
     seen: set[tuple[str, str | None, str]] = set()
     problems = 0
     for doc in [*policy_documents, *documents]:
-        if doc.kind == "AgentDeployment":
-            agents.add((doc.namespace or DEFAULT_NAMESPACE, doc.name))
         if doc.kind not in POLICY_KINDS:
             continue
         key = (doc.kind, doc.namespace, doc.name)
         if key in seen:  # the same file given as --policies and -f
             continue
         seen.add(key)
-        obj = dict(doc.obj)
-        if doc.kind != "ClusterAgentPolicy":
-            obj["metadata"] = {**(obj.get("metadata") or {}), "namespace": doc.namespace}
         try:
-            if doc.kind == "ClusterAgentPolicy":
-                cluster.append(ClusterAgentPolicy.model_validate(obj))
-            elif doc.kind == "AgentPolicy":
-                namespaced.append(AgentPolicy.model_validate(obj))
-            else:
-                exceptions.append(AgentPolicyException.model_validate(obj))
+            objects.append(parse_policy(doc))
         except ValidationError as err:
             if any(doc is d for d in policy_documents):
                 for e in err.errors(include_url=False):
                     where = ".".join(str(p) for p in e["loc"])
                     print(f"{doc.path}: {doc.kind}/{doc.name}: invalid policy: {where}: {e['msg']}", file=out)
                 problems += 1
-    return PolicySet(tuple(cluster), tuple(namespaced), frozenset(agents), tuple(exceptions)), problems
-
-
-def load_documents(path: Path) -> Iterator[Document]:
-    """Every object in a file, or in the manifest files under a directory (sorted, recursive)."""
-    if path.is_dir():
-        # A test suite's files (the suite itself and any directory below ``path`` holding one)
-        # are the suite's business: its resources break policies on purpose.
-        suites = {p.parent for p in path.rglob("*") if p.name in SUITE_FILES} - {path}
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file()
-            and p.suffix in MANIFEST_SUFFIXES
-            and p.name not in SUITE_FILES
-            and not suites.intersection(p.parents)
-        )
-    elif path.exists():
-        files = [path]
-    else:
-        raise ManifestError(f"{path}: no such file or directory")
-    for file in files:
-        yield from _load_file(file)
-
-
-def _load_file(file: Path) -> list[Document]:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ManifestError(f"{file}: cannot read: {err}") from err
-    try:
-        raw = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ManifestError(f"{file}: invalid YAML{where}: {problem}") from err
-    out: list[Document] = []
-    for i, doc in enumerate(raw):
-        items = (
-            doc.get("items") if isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") else None
-        )
-        for obj in items if isinstance(items, list) else [doc]:
-            if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
-                raise ManifestError(f"{file}: document {i + 1} is not a Kubernetes object (no kind)")
-            out.append(Document(str(file), obj))
-    return out
-
-
-def _labels(obj: dict[str, Any]) -> dict[str, str]:
-    meta = obj.get("metadata")
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+    return policy_set(objects, existing_agents([*policy_documents, *documents])), problems

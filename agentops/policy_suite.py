@@ -27,20 +27,21 @@ from typing import Annotated, Any, Literal, Self, TextIO
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agentops.policy_cmd import (
+from agentops.offline import (
     DEFAULT_NAMESPACE,
     SUITE_FILES,
     Document,
     ManifestError,
+    PolicyObject,
+    existing_agents,
+    labels_of,
     load_documents,
     mutate_create,
+    parse_policy,
+    policy_set,
+    yaml_problem,
 )
-from contracts.resources import (
-    AgentPolicy,
-    AgentPolicyException,
-    ClusterAgentPolicy,
-    PolicyRule,
-)
+from contracts.resources import PolicyRule
 from policies.engine import PolicySet
 from policies.results import BUILTIN_POLICY, BUILTIN_RULE, RuleResult, evaluate
 
@@ -176,9 +177,7 @@ def load_suite(file: Path) -> Suite:
     except (OSError, UnicodeDecodeError) as err:
         raise SuiteError(f"{file}: cannot read: {err}") from err
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise SuiteError(f"{file}: invalid YAML{where}: {getattr(err, 'problem', None) or err}") from err
+        raise SuiteError(f"{file}: {yaml_problem(err)}") from err
     if not isinstance(raw, dict):
         raise SuiteError(f"{file}: a test suite is a mapping with name, policies, resources and results")
     try:
@@ -201,7 +200,7 @@ def run_suite(file: Path, *, now: datetime | None = None) -> list[Row]:
     namespace_labels = {ns: dict(labels) for ns, labels in suite.namespaces.items()}
     for doc in resource_docs:
         if doc.kind == "Namespace":
-            namespace_labels.setdefault(doc.name, _labels(doc.obj))
+            namespace_labels.setdefault(doc.name, labels_of(doc.obj))
     judged: dict[tuple[str, str, str], Judged] = {}
     for doc in resource_docs:
         if doc.kind == "Namespace":
@@ -249,9 +248,7 @@ def _load(file: Path, base: Path, field: str, paths: Iterable[str]) -> list[Docu
 def _policy_set(
     file: Path, policy_docs: list[Document], exception_docs: list[Document], resource_docs: list[Document]
 ) -> PolicySet:
-    cluster: list[ClusterAgentPolicy] = []
-    namespaced: list[AgentPolicy] = []
-    exceptions: list[AgentPolicyException] = []
+    objects: list[PolicyObject] = []
     wanted = {"policies": ("ClusterAgentPolicy", "AgentPolicy"), "exceptions": ("AgentPolicyException",)}
     for field, docs in (("policies", policy_docs), ("exceptions", exception_docs)):
         for doc in docs:
@@ -260,28 +257,15 @@ def _policy_set(
                     f"{file}: {field}: {doc.path}: {doc.kind}/{doc.name} is not a "
                     f"{' or '.join(wanted[field])}"
                 )
-            obj = dict(doc.obj)
-            if doc.namespace is not None:
-                obj["metadata"] = {**(obj.get("metadata") or {}), "namespace": doc.namespace}
             try:
-                if doc.kind == "ClusterAgentPolicy":
-                    cluster.append(ClusterAgentPolicy.model_validate(obj))
-                elif doc.kind == "AgentPolicy":
-                    namespaced.append(AgentPolicy.model_validate(obj))
-                else:
-                    exceptions.append(AgentPolicyException.model_validate(obj))
+                objects.append(parse_policy(doc))
             except ValidationError as err:
                 problems = [
                     f"{doc.path}: {doc.kind}/{doc.name}: {_loc(e['loc'])}: {e['msg']}"
                     for e in err.errors(include_url=False)
                 ]
                 raise SuiteError("\n".join(problems)) from err
-    agents = frozenset(
-        (doc.namespace or DEFAULT_NAMESPACE, doc.name)
-        for doc in resource_docs
-        if doc.kind == "AgentDeployment"
-    )
-    return PolicySet(tuple(cluster), tuple(namespaced), agents, exceptions=tuple(exceptions))
+    return policy_set(objects, existing_agents(resource_docs))
 
 
 def _load_patched(file: Path, base: Path, i: int, path: str | None) -> Mapping[str, Any] | None:
@@ -444,12 +428,6 @@ def print_rows(file: Path, rows: Sequence[Row], *, detailed: bool, out: TextIO) 
     print(f"Test summary: {len(rows) - len(failed)} passed, {len(failed)} failed", file=out)
     for row in failed:
         print(f"FAIL {row.id}: {row.resource}: rule {row.rule} of {row.policy}: {row.problem}", file=out)
-
-
-def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
-    meta = obj.get("metadata")
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

@@ -50,6 +50,10 @@ LABEL_AGENT = f"{GROUP}/agent"
 LABEL_PIPELINE = f"{GROUP}/pipeline"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 
+#: The finalizer the controller (kopf) puts on the agents and pipelines it runs timers and daemons
+#: for; only a running controller removes it, or ``agentops uninstall`` when none is left.
+CONTROLLER_FINALIZER = "controller.agentops.io/finalizer"
+
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 SHA256_HEX = r"^[a-f0-9]{64}$"
 

@@ -7,23 +7,24 @@ On a node of this module's own (an uninstall must never reach the session's shar
   the namespace, the agents' Deployments and pods (garbage-collected with their AgentDeployments),
   and the kopf peering object with its CRD.  Afterwards the cluster takes changes as before: a
   ConfigMap, the CRDs again, an AgentDeployment with no webhook in the way.  The agents are deleted
-  first, while the controller runs: each carries kopf's finalizer, which only the controller
-  removes, and ``kubectl delete -k`` with agents still there races the controller's own deletion
-  (sometimes everything goes, sometimes both CRDs stay Terminating with the agents running; not a
-  test that can pass or fail reliably, so it is not one).
+  first with ``kubectl agentops uninstall``, while the controller runs: each carries kopf's
+  finalizer, which only the controller removes, and ``kubectl delete -k`` with agents still there
+  races the controller's own deletion (the README gives this order).
 * ``helm uninstall`` removes the release: no webhook configuration, no RBAC, no workload, no Secret
   of it is left.  What stays, by Helm's conventions, is listed and checked: the CRDs (Helm never
   deletes what a chart's ``crds/`` installed, so the users' agents survive an uninstall/reinstall),
   the users' objects of those kinds with the Deployments they own, the controller's kopf peering
   object, and the namespace ``--create-namespace`` made (Helm never deletes a namespace).
-* Deleting those CRDs afterwards, as the README says, cannot finish today: no controller is left
-  to remove the finalizers.  That test is an expected failure (strict: it fails the suite the day
-  it passes, so the marker goes with the fix).
+* Removing those CRDs afterwards, with no controller left to release kopf's finalizers on the
+  agents and pipelines: ``kubectl agentops uninstall --crds`` (as the README says) releases them
+  and deletes the CRDs; the agents' workloads go with them.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,8 +140,14 @@ def release_stuck_objects(kubectl: Kubectl) -> None:
                 )  # fmt: skip
 
 
-class LeftBehind(Exception):
-    """What the expected failure below is: objects of ours outlive the uninstall."""
+def agentops_uninstall(node: NodeCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """``kubectl agentops uninstall`` as the README gives it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "agentops", "uninstall", *args, "--kubeconfig", str(node.kubeconfig)],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    return done
 
 
 def test_kubectl_delete_k_after_the_agents_removes_everything(
@@ -150,8 +157,11 @@ def test_kubectl_delete_k_after_the_agents_removes_everything(
     kubectl = nk.in_namespace(agents_namespace)
     run_the_article(kubectl)
 
-    # The controller is still there to release its finalizers; the Deployments go with their owners.
-    kubectl("delete", "agentpipelines,agentdeployments", "--all", "--timeout=60s")
+    # The controller is still there to finish every deletion (withdrawing queued pipeline tasks)
+    # and release its finalizers; the Deployments go with their owners.
+    done = agentops_uninstall(node)
+    assert "deleted 2 agentdeployments" in done.stdout.splitlines(), done.stdout
+    assert "no controller finished" not in done.stdout, done.stdout
     eventually("the agents' pods are gone", lambda: agent_pods(kubectl) == [], within=120)
     nk("delete", "-k", str(OVERLAY), "--timeout=180s", timeout=200)
 
@@ -237,28 +247,22 @@ def test_helm_uninstall_removes_the_release_and_keeps_the_crds(
     assert set(left) == {"system namespace", "CRDs", "agent workloads"}, left
 
 
-@pytest.mark.xfail(
-    raises=LeftBehind,
-    strict=True,
-    reason=(
-        "kopf puts its finalizer on every AgentDeployment (its timer) and AgentPipeline (its daemon and "
-        "delete handler), and only a running controller removes it: after `helm uninstall`, deleting "
-        "the CRDs as the README says leaves both CRDs Terminating and the agents' pods running for good"
-    ),
-)
 def test_deleting_the_kept_crds_after_helm_uninstall_removes_the_agents(
     node: NodeCluster, nk: Kubectl, agents_namespace: str
 ) -> None:
     helm_install_run_and_uninstall(node, nk, agents_namespace)
-    # The README: "delete them with `kubectl delete -f deploy/chart/crds/` when you mean to".
-    nk("delete", "-f", str(CHART / "crds"), "--wait=false")
-    try:
-        eventually(
-            "the CRDs, the agents and their workloads are gone",
-            lambda: crds(nk) == [] and "agent workloads" not in leftovers(nk, agents_namespace),
-            within=45,
-        )
-    except AssertionError:
-        raise LeftBehind(
-            f"left behind: {leftovers(nk, agents_namespace)}; still there: {finalized_objects(nk)}"
-        ) from None
+    # No controller is left to release its finalizers: the README's `kubectl agentops uninstall
+    # --crds` does, then deletes the CRDs (kopf's too: no other kopf operator runs here).
+    done = agentops_uninstall(node, "--crds", "--wait", "2")
+    lines = done.stdout.splitlines()
+    assert "deleted 1 agentpipelines" in lines, done.stdout
+    assert "deleted 2 agentdeployments" in lines, done.stdout
+    assert sum("no controller finished" in line for line in lines) == 3, done.stdout
+    assert "deleted 6 CRDs of agentops.agentops.io" in lines, done.stdout
+    assert "deleted kopf's peering CRDs (no other kopf operator uses them)" in lines, done.stdout
+    eventually(
+        "the CRDs, the agents and their workloads are gone",
+        lambda: crds(nk) == [] and "agent workloads" not in leftovers(nk, agents_namespace),
+        within=90,
+    )
+    assert leftovers(nk, agents_namespace) == {"system namespace": [SYSTEM_NAMESPACE]}

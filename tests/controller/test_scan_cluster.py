@@ -81,6 +81,29 @@ spec:
   budget: {{period: month, tokens: 1000, scope: Agent}}
 """
 
+PIPELINE_POLICY = """\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: ClusterAgentPolicy
+metadata:
+  name: {name}
+spec:
+  mode: Enforce
+  namespaceSelector:
+    matchLabels: {{kubernetes.io/metadata.name: {namespace}}}
+  pipelines: {{maxSteps: {max_steps}}}
+"""
+
+THREE_STEPS = """\
+apiVersion: agentops.agentops.io/v1alpha1
+kind: AgentPipeline
+metadata: {name: three-steps}
+spec:
+  steps:
+    - {name: draft, agentDeployment: writer, inputs: {prompt: "x"}}
+    - {name: edit, agentDeployment: writer, dependsOn: [draft], inputs: {prompt: "{{ .steps.draft.output }}"}}
+    - {name: polish, agentDeployment: writer, dependsOn: [edit], inputs: {prompt: "{{ .steps.edit.output }}"}}
+"""
+
 
 @pytest.fixture
 def scan_interval() -> float:
@@ -291,6 +314,66 @@ spec:
     kubectl("delete", "agpipe", "two-steps", "--wait=false")
     kubectl("delete", "agdep", "one", "two", "three", "--wait=false")
     eventually("the report deleted with the last object", lambda: report(kubectl) is None, within=30)
+
+
+def test_tightening_max_steps_reports_the_existing_pipeline_failing_and_loosening_clears_it(
+    kubectl: Kubectl, cluster_kubectl: Kubectl, namespace: str, policy_name: str, scanner: ControllerProcess
+) -> None:
+    def apply_max_steps(max_steps: int) -> None:
+        cluster_kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=PIPELINE_POLICY.format(name=policy_name, namespace=namespace, max_steps=max_steps),
+        )
+
+    def steps_result(result: str) -> dict[str, Any] | None:
+        found = result_of(kubectl, "three-steps", "pipelines.maxSteps")
+        return found if found and found["result"] == result else None
+
+    policy = f"ClusterAgentPolicy/{policy_name}"
+    apply_max_steps(5)
+    kubectl("apply", "-f", "-", input=AGENT.format(name="writer"))
+    kubectl("apply", "-f", "-", input=THREE_STEPS)
+    passing = eventually("the pipeline passing in the report", lambda: steps_result("pass"), within=30)
+    assert passing["policy"] == policy
+    assert passing["resources"][0]["kind"] == "AgentPipeline"
+    assert passing["properties"]["value"] == "3 steps"
+    assert passing["properties"]["limit"] == "5"
+
+    # Tightened below the pipeline admission already let in.
+    tightened = time.monotonic()
+    apply_max_steps(2)
+    failing = eventually(
+        "the pipeline failing in the report", lambda: steps_result("fail"), within=15, interval=0.1
+    )
+    reported_after = time.monotonic() - tightened
+    assert failing["message"] == f"spec.steps: 3 steps exceeds 2 set by {policy}"  # admission's words
+    assert failing["policy"] == policy
+    assert failing["severity"] == "high"
+    assert failing["properties"] == {
+        "resource": "AgentPipeline/three-steps",
+        "field": "spec.steps",
+        "value": "3 steps",
+        "limit": "2",
+    }
+    assert failing["resources"][0]["kind"] == "AgentPipeline"
+    assert failing["resources"][0]["namespace"] == namespace
+    stored = report(kubectl)
+    assert stored is not None
+    assert stored["summary"]["fail"] == 1  # the agent breaks nothing: the rule is the pipeline's alone
+    assert not result_of(kubectl, "writer", "pipelines.maxSteps")
+    print(f"tightened maxSteps -> report shows the pipeline failing in {reported_after:.2f} s")
+    assert reported_after < 5, "a policy change must reach the report within seconds"
+
+    # Loosened to exactly the pipeline's size: a ceiling is kept when not exceeded.
+    apply_max_steps(3)
+    cleared = eventually("the pipeline passing again", lambda: steps_result("pass"), within=15)
+    assert cleared["properties"]["limit"] == "3"
+    stored = report(kubectl)
+    assert stored is not None
+    assert stored["summary"]["fail"] == 0
+    assert scanner.starts == 1
 
 
 def test_an_exception_excuses_until_it_expires_then_the_scan_reports_the_failure(

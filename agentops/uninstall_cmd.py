@@ -1,0 +1,200 @@
+"""``agentops uninstall``: remove every agent and pipeline, and with ``--crds`` the CRDs, even when
+no controller is left to finish the job.
+
+The controller (kopf) puts :data:`~contracts.resources.CONTROLLER_FINALIZER` on every agent and
+pipeline it runs a timer or daemon for, and only a running controller removes it.  Once the
+controller is gone (``helm uninstall`` keeps the CRDs and the users' objects, by Helm's design),
+deleting them, or their CRDs, would wait forever.  This command deletes them, gives a controller
+``--wait`` seconds to finish them properly (a running one withdraws a deleted pipeline's queued
+tasks), then removes the finalizer from what is still held by it, saying which objects it released.
+
+It never touches another operator's finalizers, nor kopf's peering CRDs while another kopf
+operator's peering object still uses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import kube
+from agentops.cluster import api_and_namespace
+from contracts.resources import (
+    API_VERSION,
+    CONTROLLER_FINALIZER,
+    GROUP,
+    RESOURCES,
+    AgentDeployment,
+    AgentPipeline,
+)
+from kube.cli import add_kube_arguments
+
+#: Deleted in this order: a pipeline names agents, so pipelines go first.
+WORKLOADS = (AgentPipeline.PLURAL, AgentDeployment.PLURAL)
+KOPF = "kopf.dev/v1"
+#: The peering object our controller creates (``--peering`` in deploy/manifests/controller.yaml).
+PEERING = "agentops-controller"
+POLL_SECONDS = 0.5
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "uninstall",
+        help="delete every agent and pipeline (and with --crds the CRDs), also with no controller left",
+        description=(
+            "Delete every AgentPipeline and AgentDeployment in the cluster; a running controller gets "
+            "--wait seconds to finish each, then the controller's finalizer is removed from what is left "
+            "(after `helm uninstall`, no controller is left to remove it).  With --crds, then delete "
+            "agentops' CRDs, our kopf peering object, and kopf's peering CRDs if no other kopf operator "
+            "uses them."
+        ),
+    )
+    parser.add_argument(
+        "--crds",
+        action="store_true",
+        help="then delete agentops' CRDs (every object of their kinds goes with them)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a running controller gets to finish each deletion before the finalizer is removed "
+        "(default 30)",
+    )
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        help="only the agents and pipelines of this namespace (default: every namespace; not with --crds)",
+    )
+    add_kube_arguments(parser)
+    parser.set_defaults(func=_uninstall)
+
+
+def _paths(api: kube.Client, plural: str, namespace: str | None = None) -> list[str]:
+    return [
+        kube.path(API_VERSION, plural, item["metadata"]["name"], namespace=item["metadata"]["namespace"])
+        for item in api.list_items(kube.path(API_VERSION, plural, namespace=namespace), metadata_only=True)
+    ]
+
+
+def _served(api: kube.Client, crd: str) -> bool:
+    return api.get(kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", crd)) is not None
+
+
+def release(api: kube.Client, path: str) -> bool:
+    """Remove our finalizer from the object at ``path``; False when it is gone or does not carry it."""
+    obj = api.get(path, metadata_only=True)
+    finalizers: list[str] = list(((obj or {}).get("metadata") or {}).get("finalizers") or [])
+    if CONTROLLER_FINALIZER not in finalizers:
+        return False
+    index = finalizers.index(CONTROLLER_FINALIZER)
+    # "test" first: if the list changed since it was read, the patch fails instead of removing
+    # somebody else's finalizer.
+    try:
+        api.json_patch(
+            path,
+            [
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": CONTROLLER_FINALIZER},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ],
+        )
+    except kube.ApiError as exc:
+        if exc.status in (404, 409, 422):  # gone, or changed under us: the next round looks again
+            return False
+        raise
+    return True
+
+
+def _delete_all(api: kube.Client, paths: Iterable[str], wait: float) -> list[str]:
+    """Delete, wait up to ``wait`` s for a controller, then release what it left; the released."""
+    pending = [p for p in paths if api.delete(p)]
+    deadline = time.monotonic() + wait
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if api.get(p, metadata_only=True) is not None]
+        if pending:
+            time.sleep(POLL_SECONDS)
+    released = [p for p in pending if release(api, p)]
+    return released
+
+
+def _wait_gone(api: kube.Client, paths: list[str], what: str, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    left = paths
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if api.get(p, metadata_only=True) is not None]
+        if left:
+            time.sleep(POLL_SECONDS)
+    for path in left:
+        print(f"still there after {timeout:.0f}s: {what} {path}", file=sys.stderr)
+    return left
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    if args.crds and args.namespace:
+        print(
+            "agentops uninstall: --crds removes every namespace's objects; drop -n/--namespace",
+            file=sys.stderr,
+        )
+        return 2
+    if args.wait < 0:
+        print("agentops uninstall: --wait must be 0 or more seconds", file=sys.stderr)
+        return 2
+    api, _default = api_and_namespace(args)
+    our_crds = [f"{r.PLURAL}.{GROUP}" for r in RESOURCES]
+    if not any(_served(api, crd) for crd in our_crds):
+        print("agentops uninstall: no agentops CRD is installed; nothing to do")
+        return 0
+    for plural in WORKLOADS:
+        if not _served(api, f"{plural}.{GROUP}"):
+            continue
+        paths = _paths(api, plural, args.namespace)
+        released = _delete_all(api, paths, args.wait)
+        where = f" in namespace {args.namespace}" if args.namespace else ""
+        print(f"deleted {len(paths)} {plural}{where}")
+        for path in released:
+            print(f"  no controller finished {path} within {args.wait:.0f}s: removed {CONTROLLER_FINALIZER}")
+    if not args.crds:
+        return 0
+    crd_paths = [kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", crd) for crd in our_crds]
+    for path in crd_paths:
+        api.delete(path)
+    # A CRD being deleted deletes its objects: release any that a controller put its finalizer on
+    # meanwhile (one started during the uninstall, or objects of kinds not listed above).
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline and any(api.get(p, metadata_only=True) for p in crd_paths):
+        for plural in WORKLOADS:
+            if _served(api, f"{plural}.{GROUP}"):
+                for path in _paths(api, plural):
+                    release(api, path)
+        time.sleep(POLL_SECONDS)
+    left = _wait_gone(api, crd_paths, "CRD", timeout=5.0)
+    print(f"deleted {len(our_crds) - len(left)} CRDs of {GROUP}")
+    _remove_peering(api)
+    return 1 if left else 0
+
+
+def _remove_peering(api: kube.Client) -> None:
+    """Our kopf peering object, and kopf's CRDs when no other kopf operator uses them."""
+    peerings = "clusterkopfpeerings"
+    if not _served(api, f"{peerings}.kopf.dev"):
+        return
+    api.delete(kube.path(KOPF, peerings, PEERING))
+    others = [p["metadata"]["name"] for p in api.list_items(kube.path(KOPF, peerings), metadata_only=True)]
+    if _served(api, "kopfpeerings.kopf.dev"):  # a controller limited to namespaces peers in each
+        for peering in api.list_items(kube.path(KOPF, "kopfpeerings"), metadata_only=True):
+            meta = peering["metadata"]
+            if meta["name"] == PEERING:
+                api.delete(kube.path(KOPF, "kopfpeerings", PEERING, namespace=meta["namespace"]))
+            else:
+                others.append(f"{meta['namespace']}/{meta['name']}")
+    others = [name for name in others if name != PEERING]
+    if others:
+        print(f"kept kopf's peering CRDs: other kopf operators use them ({', '.join(sorted(others))})")
+        return
+    for crd in (f"{peerings}.kopf.dev", "kopfpeerings.kopf.dev"):
+        api.delete(kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", crd))
+    print("deleted kopf's peering CRDs (no other kopf operator uses them)")
