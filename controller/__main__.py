@@ -3,7 +3,10 @@
 Leader election is kopf peering: every replica runs, the one with the highest priority acts,
 the others stand by (``--peering``; the KopfPeering/ClusterKopfPeering CRDs ship in
 ``deploy/manifests/controller-peering.yaml``).  ``--standalone`` disables it for a single local
-process.  ``--liveness http://0.0.0.0:8080/healthz`` serves kopf's health endpoint.
+process.  ``--liveness http://0.0.0.0:8080/healthz`` serves kopf's health endpoint, and
+``--metrics-bind-address 0.0.0.0:8081`` the background scans' Prometheus metrics at ``/metrics``
+(:mod:`controller.metrics`; no endpoint unless given, so a controller started by hand or by a test
+opens no port).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Sequence
 
 from contracts import logline
 from contracts.resources import SecretKeyRef
+from controller.metrics import BindAddress, ControllerMetrics, parse_bind_address, serve
 from controller.render import DEFAULT_RUNTIME_IMAGE, RenderOptions
 from kube.cli import add_kube_arguments, connection_from_args
 from kube.config import ConfigError
@@ -58,6 +62,13 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds greater than 0")
     return value
+
+
+def _bind_address(text: str) -> BindAddress | None:
+    try:
+        return parse_bind_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keda-redis-address", default="redis:6379")
     parser.add_argument(
         "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument(
+        "--metrics-bind-address",
+        type=_bind_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:8081 in a pod "
+        "(default: no endpoint, as does 0; port 0 picks a free port, named in the log)",
     )
     parser.add_argument(
         "--peering", default="agentops-controller", help="kopf peering name (leader election)"
@@ -158,14 +176,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         scan_interval=args.scan_interval,
     )
     handlers.PEERING_LIFETIME = args.peering_lifetime
-    kopf.run(
-        standalone=args.standalone,
-        namespaces=args.namespace,
-        clusterwide=not args.namespace,
-        liveness_endpoint=args.liveness,
-        peering_name=None if args.standalone else args.peering,
-        priority=args.priority if args.priority is not None else pod_priority(os.environ.get("POD_NAME")),
-    )
+    handlers.METRICS = ControllerMetrics()
+    server = None
+    if args.metrics_bind_address is not None:
+        try:
+            server = serve(handlers.METRICS, args.metrics_bind_address)
+        except OSError as exc:
+            parser.error(f"--metrics-bind-address {args.metrics_bind_address}: cannot listen: {exc}")
+    try:
+        kopf.run(
+            standalone=args.standalone,
+            namespaces=args.namespace,
+            clusterwide=not args.namespace,
+            liveness_endpoint=args.liveness,
+            peering_name=None if args.standalone else args.peering,
+            priority=args.priority if args.priority is not None else pod_priority(os.environ.get("POD_NAME")),
+        )
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 

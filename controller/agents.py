@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from contracts.resources import LABEL_AGENT, AgentDeployment, prompt_sha256
-from controller import autoscale, budget, render, revisions
+from controller import autoscale, budget, pods, render, revisions
 from controller.context import Context
 from controller.policy import AgentPolicyView
 from kube import ApiError
@@ -42,6 +43,8 @@ PLURAL = "agentdeployments"
 KEDA_CRD = "scaledobjects.keda.sh"
 APPLY_RETRY_SECONDS = 5.0
 SECRET_TTL_SECONDS = 5.0
+#: While an agent has unready replicas, its pods are read at most this often (see controller.pods).
+POD_CHECK_SECONDS = 10.0
 
 
 def api_message(exc: ApiError) -> str:
@@ -98,7 +101,8 @@ async def _reconcile_locked(
     key = (namespace, name)
     options = ctx.config.render
     status: dict[str, Any] = dict(body.get("status") or {})
-    view = ctx.policies.for_agent(namespace, agent.metadata.labels)
+    # Judged now, so an exception excusing a budget (or a ceiling) counts until it expires.
+    view = ctx.policies.for_agent(namespace, agent.metadata.labels, name=name, now=datetime.now(UTC))
     conditions = render.Conditions(
         items=[dict(c) for c in status.get("conditions") or []], generation=agent.metadata.generation
     )
@@ -113,6 +117,10 @@ async def _reconcile_locked(
     if ctx.rendered_provider.get(key) != decision.display:
         full = True  # a Secret appeared or vanished: the pods' environment changes
     config = render.runtime_config(agent, decision, options, view.budget, dict(view.limit_defaults))
+    if ctx.rendered_config.get(key) != config:
+        # The pods' environment changes without a new generation: a policy changed, or an
+        # exception was given or expired; every refresh notices it, without a clock of its own.
+        full = True
 
     deployment = ctx.deployments.get(key)
     if full or deployment is None:
@@ -137,6 +145,10 @@ async def _reconcile_locked(
         ctx.last_full[key] = time.monotonic()
         ctx.reconciled[key] = reconcile_key(body)
         ctx.rendered_provider[key] = decision.display
+        ctx.rendered_config[key] = config
+    if ctx.reconciled.get(key) == reconcile_key(body):
+        # On every refresh, not only the full one: a failure later in the full reconcile (the
+        # revision record, the status patch) must not leave it unreported until the next one.
         status["observedGeneration"] = agent.metadata.generation
 
     sha = prompt_sha256(agent.spec.system_prompt)
@@ -152,6 +164,8 @@ async def _reconcile_locked(
     previous_provider = status.get("effectiveProvider")
     status["effectiveProvider"] = decision.display
     render.workload_conditions(conditions, agent.spec.replicas, deployment, decision)
+    if decision.problem is None:
+        await _pods_stuck(ctx, body, key, agent.spec.replicas, status["readyReplicas"], conditions)
 
     await _budget(ctx, body, agent, view, status, conditions)
     await _policy_violation(ctx, body, key, conditions)
@@ -168,6 +182,40 @@ async def _reconcile_locked(
     status["conditions"] = conditions.items
     await _patch_status_if_changed(ctx, body, status)
     await _autoscale(ctx, body, agent, view)
+
+
+async def _pods_stuck(
+    ctx: Context,
+    body: dict[str, Any],
+    key: tuple[str, str],
+    desired: int,
+    ready: int,
+    conditions: render.Conditions,
+) -> None:
+    """Say on the agent why its pods do not start (image, configuration, crash loop, scheduling):
+    ``Ready`` when none is ready, ``Progressing`` when some are; an Event when it first says so."""
+    if ready >= desired:
+        ctx.pod_checks.pop(key, None)
+        return
+    now = time.monotonic()
+    checked = ctx.pod_checks.get(key)
+    if checked is None or now - checked[0] >= POD_CHECK_SECONDS:
+        try:
+            listed = await _call(ctx.kube.list_pods, key[0], render.selector_string(key[1]))
+        except ApiError as exc:
+            logger.warning("reading the pods of agent %s/%s failed: %s", *key, api_message(exc))
+            return
+        checked = (now, pods.diagnose(listed))
+        ctx.pod_checks[key] = checked
+    stuck = checked[1]
+    if stuck is None:
+        return
+    condition = "Ready" if ready == 0 else "Progressing"
+    stored = ((body.get("status") or {}).get("conditions")) or []
+    previous: dict[str, Any] = next((c for c in stored if c.get("type") == condition), {})
+    conditions.set(condition, condition == "Progressing", stuck.reason, stuck.message)
+    if previous.get("reason") != stuck.reason:
+        await _event(ctx, body, "Warning", stuck.reason, stuck.message)
 
 
 async def _secret_exists(ctx: Context, namespace: str, name: str) -> bool:
@@ -259,7 +307,14 @@ async def _budget(
     except RedisError as exc:
         logger.warning("cannot read budget usage of %s/%s: %s", namespace, name, exc)
         return
-    status["usage"] = usage.model_dump(by_alias=True, exclude_none=True, mode="json")
+    reported = usage.model_dump(by_alias=True, exclude_none=True, mode="json")
+    # The status is merge-patched, which keeps what it does not name: a budget lifted (by an
+    # exception, or a policy deleted) must take its "remaining" fields with it.
+    stored = (body.get("status") or {}).get("usage") or {}
+    reported.update(
+        {k: None for k in ("remainingTokens", "remainingCostUSD") if k in stored and k not in reported}
+    )
+    status["usage"] = reported
     message = budget.exceeded(usage, view.budget, budget.smallest_call_tokens(agent.spec.system_prompt))
     if message is None:
         conditions.set("BudgetExceeded", False, "WithinBudget", "spend is within the budget")

@@ -4,6 +4,10 @@ The runtime reserves and settles spend atomically in Redis (``contracts.keys.bud
 controller only reads it, so ``status.usage`` and the ``BudgetExceeded`` condition show what the
 workers actually enforce.  Spend counts settled usage only; reservations of calls in flight are
 not yet spent.
+
+The budget passed in is the agent's effective one at the time of reading
+(:meth:`controller.policy.PolicyCache.for_agent` with the agent's name and the time), so an
+unexpired AgentPolicyException for rule ``budget`` is honoured here exactly as in the agent's pods.
 """
 
 from __future__ import annotations

@@ -15,8 +15,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from contracts.runtime_env import RuntimeConfig
 from controller.autoscale import ScaleMemory
 from controller.kube import Kube
+from controller.metrics import ControllerMetrics
+from controller.pods import Stuck
 from controller.policy import PolicyCache
 from controller.render import RenderOptions
 
@@ -121,11 +124,18 @@ class Context:
     last_refresh: dict[tuple[str, str], float] = field(default_factory=dict)
     #: The provider each agent's Deployment was last rendered with; a change forces a full reconcile.
     rendered_provider: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: The runtime configuration each agent's Deployment was last rendered with; a change (an
+    #: exception for its budget given or expired, a policy changed) forces a full reconcile.
+    rendered_config: dict[tuple[str, str], RuntimeConfig] = field(default_factory=dict)
     #: (namespace, Secret) -> (exists, monotonic time checked): one API call per Secret per TTL.
     secrets: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
     #: Latest body of each agent from the watch (status refreshes read this, not the API).
     agent_bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     scans: ScanState = field(default_factory=ScanState)
+    metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
+    #: (namespace, agent) -> (monotonic time, what its pods said): pods are read at most every
+    #: :data:`controller.agents.POD_CHECK_SECONDS` while an agent has unready replicas.
+    pod_checks: dict[tuple[str, str], tuple[float, Stuck | None]] = field(default_factory=dict)
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
@@ -145,7 +155,9 @@ class Context:
             self.last_full,
             self.last_refresh,
             self.rendered_provider,
+            self.rendered_config,
             self.scans.violations,
+            self.pod_checks,
             self._locks,
         ):
             cache.pop(key, None)

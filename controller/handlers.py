@@ -30,10 +30,11 @@ import kopf
 from redis.asyncio import Redis
 
 import kube
-from contracts.resources import GROUP, LABEL_AGENT, LABEL_MANAGED_BY, VERSION
+from contracts.resources import CONTROLLER_FINALIZER, GROUP, LABEL_AGENT, LABEL_MANAGED_BY, VERSION
 from controller import agents, pipelines, scan
 from controller.context import AgentInfo, Context, ControllerConfig
 from controller.kube import Kube
+from controller.metrics import ControllerMetrics
 from controller.render import CONTROLLER_NAME
 
 logger = logging.getLogger("controller")
@@ -48,6 +49,8 @@ CONFIG = ControllerConfig()
 #: connection (:func:`login`) and ours (:class:`controller.kube.Kube`) both come from it.
 CONNECTION: kube.Connection | None = None
 PEERING_LIFETIME = 60
+#: Set by ``python -m controller``, which serves them (``--metrics-bind-address``).
+METRICS = ControllerMetrics()
 _context: Context | None = None
 
 
@@ -99,7 +102,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
-    settings.persistence.finalizer = f"{KOPF_PREFIX}/finalizer"
+    settings.persistence.finalizer = CONTROLLER_FINALIZER
     settings.posting.level = logging.WARNING
     settings.peering.lifetime = PEERING_LIFETIME
     settings.watching.server_timeout = 300
@@ -114,7 +117,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         concurrent.futures.ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube")
     )
     api = kube.Client(connection(), user_agent=CONTROLLER_NAME, max_connections=API_THREADS)
-    _context = Context(config=CONFIG, kube=Kube(api), redis=redis)
+    _context = Context(config=CONFIG, kube=Kube(api), redis=redis, metrics=METRICS)
     if not settings.peering.standalone and settings.peering.name:
         await asyncio.to_thread(_context.kube.ensure_peering, settings.peering.name, CONFIG.namespaces)
     logger.info(

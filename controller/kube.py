@@ -46,6 +46,10 @@ class Kube:
         )
         return bool(found)
 
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        path = kube.path("v1", "pods", namespace=namespace)
+        return self.api.list_items(path, label_selector=label_selector)
+
     # --- our resources ----------------------------------------------------------------------
 
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:

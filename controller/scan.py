@@ -31,6 +31,9 @@ policy change touches every agent at once.
 Reports are written on a thread pool of their own (:data:`REPORT_WRITERS` threads), so a policy
 change, which also re-renders every agent's children on the shared pool, does not queue the
 reports behind thousands of server-side applies.
+
+Every scan is counted in :mod:`controller.metrics`: its rule results (cause ``background_scan``),
+its duration and outcome, and the number of reports stored.
 """
 
 from __future__ import annotations
@@ -187,6 +190,7 @@ async def _scans(ctx: Context, namespace: str) -> None:
         try:
             outcome = await scan_namespace(ctx, namespace)
         except (kube.ApiError, OSError) as exc:
+            ctx.metrics.scan_failed()
             logger.warning(
                 "policy scan of namespace %s failed, retrying in %g s: %s", namespace, RETRY_SECONDS, exc
             )
@@ -194,6 +198,9 @@ async def _scans(ctx: Context, namespace: str) -> None:
             state.requested = False  # the retry comes from tick() at ``due``
             return
         state.due = min(loop.time() + config.scan_interval, _expiry_deadline(ctx, namespace, loop.time()))
+        ctx.metrics.scanned(
+            outcome.seconds, sum(1 for s in ctx.scans.namespaces.values() if s.report is not None)
+        )
         logger.log(
             logging.INFO if outcome.written or outcome.violations_changed else logging.DEBUG,
             "policy scan of namespace %s: %d objects, %d results, report %d bytes %s, %.3f s; "
@@ -240,7 +247,7 @@ async def scan_namespace(ctx: Context, namespace: str) -> ScanOutcome:
     namespace_labels = ctx.policies.namespace_labels.get(namespace, {})
     items = sorted(objects.items())
     usages, unread = await _usages(
-        ctx, namespace, [obj for (kind, _), obj in items if kind == AgentDeployment.KIND]
+        ctx, namespace, [obj for (kind, _), obj in items if kind == AgentDeployment.KIND], now
     )
     judged: list[reports.Judged] = []
     changed = 0
@@ -258,6 +265,7 @@ async def scan_namespace(ctx: Context, namespace: str) -> ScanOutcome:
                 changed += 1
         else:
             results = evaluate(obj, policies, namespace_labels=namespace_labels, now=now)
+        ctx.metrics.scan_results(results, kind, namespace)
         judged.append((reports.Subject.of(obj), results))
         if count % 50 == 49:
             await asyncio.sleep(0)  # a large namespace does not hold kopf's event loop for long
@@ -288,17 +296,19 @@ def violations(results: list[RuleResult]) -> tuple[str, ...]:
 
 
 async def _usages(
-    ctx: Context, namespace: str, agents: list[dict[str, Any]]
+    ctx: Context, namespace: str, agents: list[dict[str, Any]], now: datetime
 ) -> tuple[dict[str, dict[str, Any]], str]:
     """Each agent's ``status.usage`` read from Redis now, for the engine's ``budget`` rule: the spend
-    of its effective budget (the one the runtime enforces), as :mod:`controller.budget` reads it
-    for the status, all in one round trip.  Also why the spend could not be read ("" when it was)."""
+    of its effective budget at ``now`` (the one the runtime enforces, without what an exception
+    excuses), as :mod:`controller.budget` reads it for the status, all in one round trip.  Also why
+    the spend could not be read ("" when it was)."""
     wanted: list[tuple[str, str, Budget]] = []
     for obj in agents:
         meta = obj.get("metadata") or {}
-        effective = ctx.policies.effective(namespace, meta.get("labels") or {}).budget
+        name = str(meta.get("name"))
+        effective = ctx.policies.effective(namespace, meta.get("labels") or {}, name=name, now=now).budget
         if effective is not None:
-            wanted.append((namespace, str(meta.get("name")), effective.to_budget()))
+            wanted.append((namespace, name, effective.to_budget()))
     try:
         usages = await budget.read_usages(ctx.redis, wanted)
     except RedisError as exc:

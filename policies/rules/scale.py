@@ -19,7 +19,9 @@ from policies.verdict import Finding
 
 def parse(obj: Mapping[str, Any] | None) -> Parsed[int]:
     spec = obj.get("spec") if obj else None
-    replicas = spec.get("replicas") if is_mapping(spec) else None
+    # autoscaling/v1 omits zero values: `kubectl scale --replicas=0` sends no spec.replicas at all
+    # (and may send no spec).
+    replicas = spec.get("replicas", 0) if is_mapping(spec) else 0 if obj and spec is None else None
     if isinstance(replicas, int) and not isinstance(replicas, bool) and replicas >= 0:
         return replicas, []
     return None, ["spec.replicas: a Scale request must carry a non-negative integer spec.replicas"]

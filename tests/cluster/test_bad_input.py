@@ -151,10 +151,6 @@ def pulling_failed(pod: dict[str, Any]) -> dict[str, Any]:
     return state if state.get("reason") in ("ErrImagePull", "ImagePullBackOff") else {}
 
 
-class NotSurfaced(Exception):
-    """What the expected failure below is: the agent's status does not say why it is not ready."""
-
-
 @pytest.fixture(scope="class")
 def runtime_image(nk: Kubectl) -> str:
     """The image the install gives every agent, before TestMissingImage breaks it."""
@@ -192,32 +188,27 @@ class TestMissingImage:
         failed = events_about(imageless, pod["metadata"]["name"], "Failed")
         assert f'Failed to pull image "{MISSING_IMAGE}"' in "\n".join(failed), failed
 
-        ready = condition(imageless, "imageless", "Ready")
-        assert ready is not None
-        assert (ready["status"], ready["reason"]) == ("False", "NoReadyReplicas"), ready
+        assert ready_replicas(imageless, "imageless") == 0
+
+    def test_the_agent_status_says_the_image_is_missing_and_what_to_do(self, imageless: Kubectl) -> None:
+        def said() -> dict[str, Any] | None:
+            ready = condition(imageless, "imageless", "Ready") or {}
+            return ready if MISSING_IMAGE in ready.get("message", "") else None
+
+        ready = eventually("the agent's Ready condition names the missing image", said, within=30)
+        assert (ready["status"], ready["reason"]) == ("False", "ImagePullFailed"), ready
+        assert ready["message"].startswith("pod imageless-"), ready
+        assert f'image "{MISSING_IMAGE}" cannot be pulled' in ready["message"], ready
+        assert "--runtime-image" in ready["message"], ready  # what to do
+        eventually(
+            "a Warning Event on the agent says so",
+            lambda: [
+                m for m in events_about(imageless, "imageless", "ImagePullFailed") if MISSING_IMAGE in m
+            ],
+        )
         progressing = condition(imageless, "imageless", "Progressing")
         assert progressing is not None
         assert progressing["status"] == "True", progressing
-        assert ready_replicas(imageless, "imageless") == 0
-
-    @pytest.mark.xfail(
-        raises=NotSurfaced,
-        strict=True,
-        reason=(
-            "the AgentDeployment's conditions come from the Deployment's status only "
-            "(controller/render.py:workload_conditions), which never mentions a pod's image pull "
-            "error: Ready says '0/1 replicas ready', Progressing '1/1 updated, 0 available, 1 total'"
-        ),
-    )
-    def test_the_agent_status_says_the_image_is_missing(self, imageless: Kubectl) -> None:
-        def said() -> list[dict[str, Any]]:
-            conditions = status(imageless, "imageless").get("conditions", [])
-            return [c for c in conditions if MISSING_IMAGE in c.get("message", "")]
-
-        try:
-            eventually("a condition names the missing image", said, within=20)
-        except AssertionError:
-            raise NotSurfaced(json.dumps(status(imageless, "imageless").get("conditions"))) from None
 
     def test_the_agent_runs_once_the_image_exists(
         self, nk: Kubectl, imageless: Kubectl, runtime_image: str

@@ -334,7 +334,21 @@ def test_scale_uses_the_agents_labels_for_selectors() -> None:
     assert not validate(scale_request(3, labels={"tier": "prod"}), ps).allowed
 
 
-@pytest.mark.parametrize("replicas", [None, "3", -1, True])
+def test_scale_to_zero_omits_replicas_and_is_allowed() -> None:
+    # autoscaling/v1 drops zero values: what `kubectl scale --replicas=0` sends.
+    to_zero = request(
+        {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "a"}, "spec": {}},
+        kind="Scale", operation="UPDATE", old=scale(2), sub_resource="scale", target_labels={},
+    )  # fmt: skip
+    assert validate(to_zero, org()).allowed
+    no_spec = request(
+        {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "a"}},
+        kind="Scale", operation="UPDATE", old=scale(2), sub_resource="scale", target_labels={},
+    )  # fmt: skip
+    assert validate(no_spec, org()).allowed
+
+
+@pytest.mark.parametrize("replicas", ["3", -1, True])
 def test_scale_without_valid_replicas_is_denied(replicas: Any) -> None:
     decision = validate(scale_request(replicas), org())
     assert decision.denials == (
