@@ -8,8 +8,9 @@ reports and scans read (``results``) and the name and labels of the metric that 
 (``metrics_names``, shared by the webhook and the controller), the defaults mutation fills in and
 its JSON patch (``patch``), the prompt audit stamps (``stamps``), the sorting of findings into
 deny, warn and audit by mode, ratchet and exception (``verdict``), the engine's request and
-decision types (``review``) and their AdmissionReview encoding (``admission``). ``engine`` is the
-entry point: ``mutate``, ``validate``, ``effective_policy``.
+decision types (``review``) and their AdmissionReview encoding (``admission``), and the same
+rules compiled to Kubernetes ValidatingAdmissionPolicies the API server runs in-process
+(``native``). ``engine`` is the entry point: ``mutate``, ``validate``, ``effective_policy``.
 
 May import: :mod:`contracts`.  No I/O: no network, no files, no clocks the caller cannot pass in.
 """
