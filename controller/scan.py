@@ -257,7 +257,9 @@ async def scan_namespace(ctx: Context, namespace: str) -> ScanOutcome:
             judged_obj = obj if usage is None else {**obj, "status": {"usage": usage}}
             results = evaluate(judged_obj, policies, namespace_labels=namespace_labels, now=now)
             if unread:
-                results = [_unread(r, unread) if r.rule == BUDGET_RULE else r for r in results]
+                results = [
+                    _unread(r, unread) if r.rule == BUDGET_RULE and not r.exception else r for r in results
+                ]
             key = (namespace, name)
             found = violations(results)
             if ctx.scans.violations.get(key) != found:

@@ -35,6 +35,7 @@ from contracts.resources import (
     POLICY_RULES,
     AgentDeployment,
     AgentPipeline,
+    Budget,
     PolicyMode,
 )
 from policies.effective import LIMIT_ATTRS, EffectivePolicy, PolicyEntry, entry_rules
@@ -135,6 +136,12 @@ def evaluate(
             if rule not in own:
                 continue
             if rule == "budget":
+                excusal = excusals.get((entry.source, rule))
+                if excusal is not None:
+                    # The runtime no longer holds the agent to this budget: nothing to judge, and
+                    # the report says which exception lifted it.
+                    results.append(_budget_excused(entry, excusal))
+                    continue
                 findings = _budget_findings(request, subject, entry, policies)
                 if isinstance(findings, RuleResult):
                     results.append(findings)
@@ -253,6 +260,29 @@ _pipeline = _Judge(lambda pipeline, eff: pipelines.size_findings(pipeline.spec, 
 # --- budgets -------------------------------------------------------------------------------------
 
 
+def _budget_excused(entry: PolicyEntry, excusal: Excusal) -> RuleResult:
+    budget = entry.spec.budget
+    assert budget is not None  # the policy sets the rule
+    return RuleResult(
+        _policy_name(entry),
+        "budget",
+        "skip",
+        SEVERITY[entry.mode],
+        f"budget not enforced{excusal.note()}",
+        "status.usage",
+        "",
+        _budget_limit(budget),
+        exception=excusal.exception,
+    )
+
+
+def _budget_limit(budget: Budget) -> str:
+    parts = ([f"{budget.tokens} tokens"] if budget.tokens is not None else []) + (
+        [f"${budget.cost_usd:.2f}"] if budget.cost_usd is not None else []
+    )
+    return f"{' and '.join(parts)} per {budget.period} ({budget.scope})"
+
+
 def _budget_findings(
     request: AdmissionRequest, agent: AgentDeployment, entry: PolicyEntry, policies: PolicySet
 ) -> list[Finding] | RuleResult:
@@ -265,10 +295,7 @@ def _budget_findings(
     budget = entry.spec.budget
     assert budget is not None  # the policy sets the rule
     policy = _policy_name(entry)
-    parts = ([f"{budget.tokens} tokens"] if budget.tokens is not None else []) + (
-        [f"${budget.cost_usd:.2f}"] if budget.cost_usd is not None else []
-    )
-    limit = f"{' and '.join(parts)} per {budget.period} ({budget.scope})"
+    limit = _budget_limit(budget)
     usage = agent.status.usage if agent.status is not None else None
     severity = SEVERITY[entry.mode]
     if usage is None or usage.period != budget_period_id(budget.period, request.now.timestamp()):

@@ -217,5 +217,22 @@ def test_budgets_are_judged_from_the_usage_in_the_status() -> None:
     assert budget_result(None).result == "skip"
 
 
+def test_an_excused_budget_is_reported_as_lifted_by_the_exception_until_it_expires() -> None:
+    org = cluster_policy("org", budget={"period": "month", "tokens": 100})
+    lifted = policy_exception(rules=("budget",), expires=NOW + timedelta(minutes=5))
+    obj = agent()
+    obj["status"] = {"usage": {"period": "2026-01", "tokens": 150}}
+
+    [excused] = evaluate(obj, policies(org, lifted), namespace_labels={}, now=NOW)
+    assert (excused.result, excused.exception) == ("skip", "AgentPolicyException/team/ticket-42")
+    assert excused.limit == "100 tokens per month (Agent)"
+    assert excused.message.startswith(
+        "budget not enforced (excepted by AgentPolicyException/team/ticket-42 until "
+    )
+    assert excused.message.endswith(": OPS-42 load test)")
+    [expired] = evaluate(obj, policies(org, lifted), namespace_labels={}, now=NOW + timedelta(minutes=5))
+    assert (expired.result, expired.exception) == ("fail", "")
+
+
 def test_other_kinds_give_no_results() -> None:
     assert evaluate(ORG.to_k8s(), policies(ORG), namespace_labels={}, now=NOW) == []
