@@ -113,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--keda-redis-address", default="redis:6379")
     parser.add_argument(
+        "--native-admission",
+        action="store_true",
+        help="compile the policies into ValidatingAdmissionPolicies the API server runs in-process, "
+        "and narrow the webhooks to what they alone decide (docs/native-admission.md; opt-in)",
+    )
+    parser.add_argument(
+        "--webhook-configuration",
+        default="agentops-admission",
+        metavar="NAME",
+        help="with --native-admission: the Mutating- and ValidatingWebhookConfiguration whose "
+        "matchConditions the controller sets (default: %(default)s)",
+    )
+    parser.add_argument(
         "--liveness", metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
     )
     parser.add_argument(
@@ -174,7 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         full_resync_seconds=args.full_resync_seconds,
         keda_redis_address=args.keda_redis_address,
         scan_interval=args.scan_interval,
+        native_admission=args.native_admission,
+        webhook_configuration=args.webhook_configuration,
     )
+    if args.native_admission:
+        handlers.enable_native_admission()
     handlers.PEERING_LIFETIME = args.peering_lifetime
     handlers.METRICS = ControllerMetrics()
     server = None

@@ -43,6 +43,14 @@ class ControllerConfig:
     scan_debounce: float = 0.5
     #: ... or this long after the first one at the latest, however busy the watch (seconds).
     scan_debounce_max: float = 2.0
+    #: ``--native-admission``: keep the generated ValidatingAdmissionPolicies and the webhooks'
+    #: matchConditions in step with the policies (:mod:`controller.native`).
+    native_admission: bool = False
+    #: The Mutating- and ValidatingWebhookConfiguration whose matchConditions it sets.
+    webhook_configuration: str = "agentops-admission"
+    #: A policy change regenerates once no other came for this long, at most this long after the first.
+    native_debounce: float = 0.2
+    native_debounce_max: float = 1.0
 
 
 @dataclass(slots=True)
@@ -66,6 +74,26 @@ class NamespaceScan:
     #: The report as last written or read (None: none is stored); unknown until first read.
     report: dict[str, Any] | None = None
     report_read: bool = False
+
+
+@dataclass
+class NativeState:
+    """``--native-admission``'s state (see :mod:`controller.native`): what was applied, and when next."""
+
+    #: A regeneration was asked for (a change, an expiry, a drift) and has not started yet.
+    requested: bool = False
+    #: Set on every request: the debounce waits for it to stay clear.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The task debouncing and regenerating, if any.
+    task: asyncio.Task[None] | None = None
+    #: Event-loop time of the next regeneration without any change (the next exception expiry).
+    due: float = float("inf")
+    #: (kind, name) -> the generated object as last applied, and the generation it got.
+    applied: dict[tuple[str, str], tuple[dict[str, Any], str]] = field(default_factory=dict)
+    #: What was generated when leftovers were last deleted (None: not since the start).
+    pruned: frozenset[tuple[str, str]] | None = None
+    #: Set at shutdown: no new regeneration starts.
+    closed: bool = False
 
 
 @dataclass
@@ -132,6 +160,8 @@ class Context:
     #: Latest body of each agent from the watch (status refreshes read this, not the API).
     agent_bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     scans: ScanState = field(default_factory=ScanState)
+    #: Only with ``--native-admission``.
+    native: NativeState | None = None
     metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
     #: (namespace, agent) -> (monotonic time, what its pods said): pods are read at most every
     #: :data:`controller.agents.POD_CHECK_SECONDS` while an agent has unready replicas.

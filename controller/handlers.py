@@ -11,7 +11,11 @@
 * policy and namespace events -> the policy cache (replica ceilings, budgets, limit defaults);
 * background scans (:mod:`controller.scan`): requested by changes of policies, exceptions,
   namespace labels, agents and pipelines (each kept in the scan's view), and by the agent timer
-  when the period or an exception's expiry is due.
+  when the period or an exception's expiry is due;
+* with ``--native-admission`` (:func:`enable_native_admission`), the generated admission
+  policies (:mod:`controller.native`): regenerated on policy, exception and namespace events, on
+  events of the webhook configurations and of the generated objects, and by the agent timer at an
+  exception's expiry.
 
 kopf's own bookkeeping (progress, last-handled configuration, finalizer) lives in annotations
 under ``controller.agentops.io/``, never in ``status``, whose schema is ours.
@@ -31,11 +35,12 @@ from redis.asyncio import Redis
 
 import kube
 from contracts.resources import CONTROLLER_FINALIZER, GROUP, LABEL_AGENT, LABEL_MANAGED_BY, VERSION
-from controller import agents, pipelines, scan
-from controller.context import AgentInfo, Context, ControllerConfig
+from controller import agents, native, pipelines, scan
+from controller.context import AgentInfo, Context, ControllerConfig, NativeState
 from controller.kube import Kube
 from controller.metrics import ControllerMetrics
 from controller.render import CONTROLLER_NAME
+from policies.native import GENERATED_LABEL, GENERATED_VALUE
 
 logger = logging.getLogger("controller")
 
@@ -118,6 +123,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     api = kube.Client(connection(), user_agent=CONTROLLER_NAME, max_connections=API_THREADS)
     _context = Context(config=CONFIG, kube=Kube(api), redis=redis, metrics=METRICS)
+    if CONFIG.native_admission:
+        _context.native = NativeState()
     if not settings.peering.standalone and settings.peering.name:
         await asyncio.to_thread(_context.kube.ensure_peering, settings.peering.name, CONFIG.namespaces)
     logger.info(
@@ -132,6 +139,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def cleanup(**_: Any) -> None:
     if _context is not None:
         await scan.cancel_all(_context)
+        await native.cancel(_context)
         await _context.redis.aclose()
         _context.kube.api.close()
 
@@ -172,6 +180,7 @@ async def agent_timer(namespace: str | None, name: str, **_: Any) -> None:
     assert namespace is not None
     key = (namespace, name)
     scan.tick(ctx, namespace)
+    native.tick(ctx)
     now = time.monotonic()
     if now - ctx.last_refresh.get(key, 0.0) < ctx.config.resync_seconds:
         return
@@ -307,6 +316,7 @@ async def cluster_policy_event(event: Any, body: Any, **_: Any) -> None:
     ctx.policies.update_policy(_plain(body), deleted=event.get("type") == "DELETED")
     _policies_changed(ctx)
     scan.request_all(ctx)
+    native.request(ctx)
 
 
 @kopf.on.event(GROUP, VERSION, "agentpolicies")
@@ -314,6 +324,7 @@ async def policy_event(event: Any, body: Any, namespace: str | None, **_: Any) -
     ctx = context()
     ctx.policies.update_policy(_plain(body), deleted=event.get("type") == "DELETED")
     _policies_changed(ctx)
+    native.request(ctx)
     if namespace:
         scan.request(ctx, namespace)
 
@@ -322,6 +333,7 @@ async def policy_event(event: Any, body: Any, namespace: str | None, **_: Any) -
 async def exception_event(event: Any, body: Any, namespace: str | None, **_: Any) -> None:
     ctx = context()
     ctx.policies.update_exception(_plain(body), deleted=event.get("type") == "DELETED")
+    native.request(ctx)
     if namespace:
         scan.request(ctx, namespace)
 
@@ -330,7 +342,35 @@ async def exception_event(event: Any, body: Any, namespace: str | None, **_: Any
 async def namespace_event(event: Any, body: Any, name: str, **_: Any) -> None:
     ctx = context()
     labels = None if event.get("type") == "DELETED" else dict(body.get("metadata", {}).get("labels") or {})
+    # Also the start-up trigger when no policy exists: kopf lists every namespace.
+    native.request(ctx)
     if labels != ctx.policies.namespace_labels.get(name):
         ctx.policies.update_namespace(name, labels)
         if labels is not None and name in ctx.scans.objects:
             scan.request(ctx, name)  # ClusterAgentPolicies select namespaces by label
+
+
+# --- native admission (``--native-admission``) ----------------------------------------------------
+
+
+def enable_native_admission() -> None:
+    """Register the handlers only ``--native-admission`` needs (and has the RBAC for): watches of
+    the webhook configurations named ``CONFIG.webhook_configuration`` and of the generated objects.
+    Called by ``python -m controller`` after it set :data:`CONFIG`, before kopf starts."""
+
+    def ours(name: str, **_: Any) -> bool:
+        return name == CONFIG.webhook_configuration
+
+    async def webhook_configuration_event(**_: Any) -> None:
+        # A re-apply of the manifests (or the webhook's own registration) resets matchConditions.
+        native.request(context())
+
+    async def generated_event(event: Any, body: Any, **_: Any) -> None:
+        native.observed(context(), body, deleted=event.get("type") == "DELETED")
+
+    for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+        kopf.on.event("admissionregistration.k8s.io", "v1", plural, when=ours)(webhook_configuration_event)
+    for plural in ("validatingadmissionpolicies", "validatingadmissionpolicybindings"):
+        kopf.on.event(
+            "admissionregistration.k8s.io", "v1", plural, labels={GENERATED_LABEL: GENERATED_VALUE}
+        )(generated_event)

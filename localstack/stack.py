@@ -6,8 +6,9 @@
    when run as root; the Go toolchain is only needed for the first control-plane build);
 2. starts the control plane (:mod:`localstack.controlplane`) and Redis (:mod:`localstack.redis_server`),
    detached, so they keep running after the command returns;
-3. installs the CRDs, then starts every registered :data:`COMPONENTS` entry in order,
-   waiting for each to be ready;
+3. installs the CRDs and the prompt audit trail's admission policy (the same manifest a cluster
+   install ships), then starts every registered :data:`COMPONENTS` entry in order, waiting for
+   each to be ready;
 4. applies ``deploy/samples/`` (policies first, then agents, then pipelines);
 5. prints how to point ``kubectl`` at the cluster.
 
@@ -50,6 +51,8 @@ from localstack.redis_server import FALLBACK_BINARY, RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO_ROOT / "deploy" / "samples"
+#: Evaluated by the API server itself: the audit trail holds even while the webhook is stopped.
+AUDIT_TRAIL_POLICY = REPO_ROOT / "deploy" / "manifests" / "audit-trail-admission-policy.yaml"
 #: Samples are applied in this order of kinds: policies before the agents they govern.
 _KIND_ORDER = ("ClusterAgentPolicy", "AgentPolicy", "AgentDeployment", "AgentPipeline")
 
@@ -271,6 +274,9 @@ class LocalStack:
                 crds = [yaml.safe_load(p.read_text()) for p in sorted(CRD_DIR.glob("*.yaml"))]
                 api.install_crds(crds, field_manager=FIELD_MANAGER)
                 say(f"installed {len(crds)} CRDs")
+                for obj in load_manifests(AUDIT_TRAIL_POLICY):
+                    api.apply(obj, field_manager=FIELD_MANAGER)
+                say(f"applied {AUDIT_TRAIL_POLICY.relative_to(REPO_ROOT)}")
                 for component in self.components:
                     self._start_component(component, info)
                 if samples:

@@ -52,6 +52,14 @@ Design (the full argument is in ``docs/native-admission.md``):
   not match ``agentdeployments/scale``, one without skips Scales in the namespaces where a peer that
   selects by label could take its place, and ``webhook_condition`` covers those Scale requests.
 
+- **Routing** (one evaluator per request).  The API server runs the VAPs and both webhooks on the
+  same request.  :attr:`NativeAdmission.validating_condition` is what the validating webhook is
+  called for (``matchConditions``, set by the controller): every kind CEL does not judge, and the
+  AgentDeployment requests CEL cannot decide (a prompt or stamp change, :attr:`webhook_condition`,
+  a CREATE a change-reason policy may apply to); every generated VAP carries its negation, so it
+  judges exactly the rest.  :attr:`NativeAdmission.mutating_condition` calls the mutating webhook
+  on CREATE and on the updates it has work for, never on a Scale.
+
 Names are ``agentops.cagpol.<name>.<action>``, ``agentops.agpol.<namespace>.<name>.<action>`` and
 ``agentops.baseline.<action>`` (cut and suffixed with a hash past 253 characters); every object
 carries :data:`GENERATED_LABEL` and the source's kind, namespace and name as labels
@@ -68,7 +76,9 @@ from datetime import datetime
 from typing import Any
 
 from contracts.resources import (
+    CHANGE_REASON,
     GROUP,
+    STAMPED_ANNOTATIONS,
     VERSION,
     AgentPolicy,
     ClusterAgentPolicy,
@@ -86,6 +96,8 @@ __all__ = [
     "GENERATED_LABEL",
     "GENERATED_SELECTOR",
     "SOURCE_ANNOTATION",
+    "VAP_CONDITION_NAME",
+    "WEBHOOK_CONDITION_NAME",
     "Generated",
     "NativeAdmission",
     "Options",
@@ -112,6 +124,10 @@ COMPILED_RULES: frozenset[str] = frozenset(
     {*(f"limits.{name}" for name in LIMIT_NAMES), "replicas.max", "models.allowed"}
     | {"prompts.maxBytes", "probes.minIntervalSeconds"}
 )
+#: The name of the ``matchConditions`` entry the controller puts on the two webhooks.
+WEBHOOK_CONDITION_NAME = f"{GROUP}/native-admission"
+#: The name of every generated VAP's one ``matchConditions`` entry: "the webhook is not called".
+VAP_CONDITION_NAME = f"{GROUP}/not-for-the-webhook"
 _NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 _MAX_NAME = 253
 _SEVERITY = {mode: i for i, mode in enumerate(MODES)}
@@ -124,6 +140,9 @@ class Options:
 
     #: Namespaces no generated binding matches (the webhooks skip the operator's own namespace).
     exclude_namespaces: tuple[str, ...] = ("agentops-system",)
+    #: The only namespaces the generated bindings match (empty: all); a controller serving some
+    #: namespaces (``--namespace``) judges those alone, and leaves every other one to the webhook.
+    namespaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +170,17 @@ class NativeAdmission:
     webhook_condition: str
     #: When the earliest in-force exception expires: regenerate then (``None``: no exception).
     next_change: datetime | None
+    #: CEL for the validating webhook's ``matchConditions`` (the routing, docs/native-admission.md):
+    #: every kind CEL does not judge; for AgentDeployments, :attr:`webhook_condition`, an UPDATE that
+    #: changes the prompt or a stamp, a CREATE a change-reason policy may apply to, and every request
+    #: outside :attr:`Options.namespaces`.  Every generated VAP carries its negation, so each request
+    #: has exactly one evaluator.
+    validating_condition: str = "true"
+    #: CEL for the mutating webhook's ``matchConditions``: every kind but AgentDeployments; for them,
+    #: never a Scale, else a CREATE, a change of the prompt, change reason or a stamp, a missing
+    #: mandatory limit, or :attr:`webhook_condition`.  It holds whenever :attr:`validating_condition`
+    #: holds (before mutation), so the validating webhook never checks stamps mutate did not write.
+    mutating_condition: str = "true"
 
     def objects(self) -> list[dict[str, Any]]:
         return [obj for generated in self.generated for obj in generated.objects()]
@@ -164,12 +194,15 @@ def generate(policies: PolicySet, *, now: datetime, options: Options | None = No
     (which exceptions are in force)."""
     options = options or Options()
     context = _Context.of(policies, now)
-    generated = [_baseline(context, options)]
-    generated += [_for_entry(entry, context, options) for entry in context.entries]
+    routing = _Routing.of(context, options)
+    generated = [_baseline(context, options, routing)]
+    generated += [_for_entry(entry, context, options, routing) for entry in context.entries]
     return NativeAdmission(
         generated=tuple(g for g in generated if g.policies),
-        webhook_condition=_webhook_condition(context),
+        webhook_condition=routing.residual,
         next_change=context.next_change,
+        validating_condition=routing.validating,
+        mutating_condition=routing.mutating,
     )
 
 
@@ -197,7 +230,9 @@ def generate_for(
     else:
         namespaced.append(model)
     peers = PolicySet(cluster=tuple(cluster), namespaced=tuple(namespaced), exceptions=policies.exceptions)
-    return _for_entry(entry, _Context.of(peers, now), options or Options())
+    options = options or Options()
+    context = _Context.of(peers, now)
+    return _for_entry(entry, context, options, _Routing.of(context, options))
 
 
 def source_labels(kind: str, namespace: str | None, name: str) -> dict[str, str]:
@@ -815,10 +850,16 @@ def _selector_dict(selector: LabelSelector | None) -> dict[str, Any]:
 
 
 def _namespace_selector(base: dict[str, Any], options: Options) -> dict[str, Any]:
-    if not options.exclude_namespaces:
+    scope: list[dict[str, Any]] = []
+    if options.namespaces:
+        scope.append({"key": _NAMESPACE_LABEL, "operator": "In", "values": sorted(options.namespaces)})
+    if options.exclude_namespaces:
+        scope.append(
+            {"key": _NAMESPACE_LABEL, "operator": "NotIn", "values": sorted(options.exclude_namespaces)}
+        )
+    if not scope:
         return base
-    excluded = {"key": _NAMESPACE_LABEL, "operator": "NotIn", "values": sorted(options.exclude_namespaces)}
-    return {**base, "matchExpressions": [*base.get("matchExpressions", []), excluded]}
+    return {**base, "matchExpressions": [*base.get("matchExpressions", []), *scope]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -864,6 +905,7 @@ def _vap(
     scale: bool,
     variables: list[dict[str, str]],
     validations: list[dict[str, Any]],
+    routing: _Routing,
 ) -> dict[str, Any]:
     resources = ["agentdeployments", "agentdeployments/scale"] if scale else ["agentdeployments"]
     return {
@@ -887,10 +929,55 @@ def _vap(
                     }
                 ],
             },
-            "variables": variables,
-            "validations": validations,
+            # Step aside whenever the validating webhook is called: one evaluator per request.
+            "matchConditions": [{"name": VAP_CONDITION_NAME, "expression": f"!({routing.validating})"}],
+            # No spec.variables: they are inlined (see _inline).
+            "validations": _inline_all(variables, validations),
         },
     }
+
+
+#: A CEL string literal (skipped whole) or a reference to a variable.
+_REFERENCE = re.compile(
+    r"""(?P<literal>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?<![\w.])variables\.(?P<name>[A-Za-z_]\w*)""",
+    re.S,
+)
+
+
+def _inline(expression: str, definitions: Mapping[str, str], memo: dict[str, str]) -> str:
+    """``expression`` with every ``variables.<name>`` replaced by its definition, parenthesised
+    (recursively; string literals are left alone).
+
+    Why no ``spec.variables``: up to Kubernetes 1.35 every VAP's variables are declared in one
+    type map that the API server shares between compiling a VAP and evaluating the others
+    (kubernetes/kubernetes#135757, fixed in 1.36), so a VAP written while requests are judged by
+    VAPs with variables crashes the API server ("concurrent map read and map write").  The
+    controller writes VAPs whenever a policy changes; inlined, ours neither write nor read that
+    map.  The price is evaluating a shared term more than once per request.
+    """
+
+    def substitute(found: re.Match[str]) -> str:
+        name = found["name"]
+        if name is None:
+            return found[0]
+        if name not in memo:
+            memo[name] = "(" + _inline(definitions[name], definitions, memo) + ")"
+        return memo[name]
+
+    return _REFERENCE.sub(substitute, expression)
+
+
+def _inline_all(variables: list[dict[str, str]], validations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    definitions = {v["name"]: v["expression"] for v in variables}
+    memo: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for validation in validations:
+        inlined = dict(validation)
+        for key in ("expression", "messageExpression"):
+            if key in inlined:
+                inlined[key] = _inline(inlined[key], definitions, memo)
+        out.append(inlined)
+    return out
 
 
 def _binding(source: _Source, action: str) -> dict[str, Any]:
@@ -916,20 +1003,21 @@ def _binding(source: _Source, action: str) -> dict[str, Any]:
     }
 
 
-def _assemble(source: _Source, scale: bool, builder: _Builder, slots: list[_Slot]) -> Generated:
+def _assemble(
+    source: _Source, scale: bool, builder: _Builder, slots: list[_Slot], routing: _Routing
+) -> Generated:
     fallback = f"a rule of {source.identity} is violated (agentops native admission)"
     by_action: dict[str, tuple[list[dict[str, str]], list[dict[str, Any]]]] = {}
     errors = [s for s in slots if s.mode in ("Enforce", None)]
     if errors:
         denials = "[" + ", ".join(f"{s.hit} && !{s.same_before} ? {s.message} : ''" for s in errors) + "]"
-        variables = [*builder.variables, {"name": "denials", "expression": f"{denials}.filter(m, m != '')"}]
         validation = {
-            "expression": "size(variables.denials) == 0",
-            "messageExpression": "variables.denials.join('; ')",
+            "expression": _all(f"!({s.hit} && !{s.same_before})" for s in errors),
+            "messageExpression": f"{denials}.filter(m, m != '').join('; ')",
             "message": fallback,
             "reason": "Forbidden",  # the webhook's 403, not the default 422 Invalid
         }
-        by_action["deny"] = (variables, [validation])
+        by_action["deny"] = (builder.variables, [validation])
     warnings = [
         {"expression": f"!{s.hit}", "messageExpression": s.message, "message": fallback}
         for s in slots
@@ -955,22 +1043,24 @@ def _assemble(source: _Source, scale: bool, builder: _Builder, slots: list[_Slot
     return Generated(
         source=source.identity,
         labels=dict(source.labels),
-        policies=tuple(_vap(source, action, scale, v, checks) for action, (v, checks) in by_action.items()),
+        policies=tuple(
+            _vap(source, action, scale, v, checks, routing) for action, (v, checks) in by_action.items()
+        ),
         bindings=tuple(_binding(source, action) for action in by_action),
     )
 
 
-def _for_entry(entry: PolicyEntry, context: _Context, options: Options) -> Generated:
+def _for_entry(entry: PolicyEntry, context: _Context, options: Options, routing: _Routing) -> Generated:
     scale = _decides_scale(entry)
     builder = _Builder(scale=scale)
     slots = _Compiler(entry, context, builder).compile()
-    return _assemble(_source_of(entry, options), scale, builder, slots)
+    return _assemble(_source_of(entry, options), scale, builder, slots, routing)
 
 
-def _baseline(context: _Context, options: Options) -> Generated:
+def _baseline(context: _Context, options: Options, routing: _Routing) -> Generated:
     builder = _Builder(scale=False)
     slots = _Compiler(None, context, builder).compile()
-    return _assemble(_source_of(None, options), False, builder, slots)
+    return _assemble(_source_of(None, options), False, builder, slots, routing)
 
 
 def _webhook_condition(context: _Context) -> str:
@@ -996,3 +1086,83 @@ def _webhook_condition(context: _Context) -> str:
     if not terms:
         return "false"
     return f"request.resource.resource == 'agentdeployments' && ({_any(terms)})"
+
+
+# --- routing: which evaluator judges a request ---------------------------------------------------------
+#
+# The API server runs the VAPs and both webhooks on the same request; the webhooks' matchConditions
+# and the VAPs' own decide which of them speaks, so no message comes twice in two wordings.  These
+# expressions run in a webhook's matchConditions (no ``variables``, no ``namespaceObject``) and in a
+# VAP's; the mutating one sees the object before schema validation, hence the ``has()`` guards.
+# ``||`` and ``&&`` absorb an error when the other side decides (CEL), which the CREATE terms rely
+# on (``oldObject`` is null there).
+
+_AGENTS = "request.resource.resource == 'agentdeployments'"
+_SCALE = "has(request.subResource) && request.subResource == 'scale'"
+_CREATE = "request.operation == 'CREATE'"
+_UPDATE = "request.operation == 'UPDATE'"
+_LABELS = "(has(object.metadata.labels) ? object.metadata.labels : {})"
+
+
+def _annotations(root: str) -> str:
+    return f"(has({root}.metadata.annotations) ? {root}.metadata.annotations : {{}})"
+
+
+def _prompt(root: str) -> str:
+    return f"(has({root}.spec) && has({root}.spec.systemPrompt) ? {root}.spec.systemPrompt : '')"
+
+
+def _annotations_changed(keys: Iterable[str]) -> str:
+    new, old = _annotations("object"), _annotations("oldObject")
+    return (
+        f"{_cel_list(keys)}.exists(k, (k in {new}) != (k in {old}) || (k in {new} && {new}[k] != {old}[k]))"
+    )
+
+
+_PROMPT_CHANGED = f"{_prompt('object')} != {_prompt('oldObject')}"
+_STAMPS_CHANGED = _annotations_changed(STAMPED_ANNOTATIONS)
+_REASON_CHANGED = _annotations_changed([CHANGE_REASON])
+_LIMIT_MISSING = _any(
+    ["!has(object.spec)", "!has(object.spec.limits)", *(f"!has(object.spec.limits.{n})" for n in LIMIT_NAMES)]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Routing:
+    residual: str  # NativeAdmission.webhook_condition
+    validating: str
+    mutating: str
+
+    @staticmethod
+    def of(context: _Context, options: Options) -> _Routing:
+        residual = _webhook_condition(context)
+        elsewhere = (
+            [f"!(request.namespace in {_cel_list(sorted(options.namespaces))})"] if options.namespaces else []
+        )
+        reasons = _reason_scopes(context)
+        validating = _any(
+            [
+                f"!({_AGENTS})",
+                *elsewhere,
+                *([residual] if residual != "false" else []),
+                f"{_UPDATE} && !({_SCALE}) && ({_PROMPT_CHANGED} || {_STAMPS_CHANGED})",
+                *([f"{_CREATE} && ({reasons})"] if reasons != "false" else []),
+            ]
+        )
+        why_mutate = [_CREATE, *([residual] if residual != "false" else [])]
+        why_mutate += [_PROMPT_CHANGED, _REASON_CHANGED, _STAMPS_CHANGED, _LIMIT_MISSING]
+        mutating = _any([f"!({_AGENTS})", *elsewhere, f"!({_SCALE}) && ({_any(why_mutate)})"])
+        return _Routing(residual=residual, validating=validating, mutating=mutating)
+
+
+def _reason_scopes(context: _Context) -> str:
+    """CEL: a CREATE a policy requiring a change reason may apply to (the webhook judges reasons;
+    a cluster policy's namespace selector cannot be read here, so it counts everywhere)."""
+    terms: list[str] = []
+    for entry in context.entries:
+        prompts = entry.spec.prompts
+        if prompts is None or not prompts.require_change_reason:
+            continue
+        where = f"request.namespace == {cel_string(entry.namespace or '')}" if entry.namespaced else "true"
+        terms.append(_all([where, selector_cel(entry.selector, _LABELS)]))
+    return _any(terms)

@@ -169,6 +169,15 @@ def test_replicas(helm: Path) -> None:
     assert find(docs, "PodDisruptionBudget", "agentops-webhook")["spec"]["minAvailable"] == 1
 
 
+def test_native_admission_is_opt_in(helm: Path) -> None:
+    assert (
+        "--native-admission"
+        not in container(helm_template(helm), "Deployment", "agentops-controller")["args"]
+    )
+    docs = helm_template(helm, {"controller.nativeAdmission": "true"})
+    assert "--native-admission" in container(docs, "Deployment", "agentops-controller")["args"]
+
+
 def test_a_single_webhook_replica_gets_no_disruption_budget(helm: Path) -> None:
     # minAvailable 1 of 1 would block every node drain forever.
     docs = helm_template(helm, {"webhook.replicas": "1"})
@@ -288,7 +297,8 @@ def test_resources_and_scheduling(helm: Path) -> None:
 
 
 def test_another_namespace_is_followed_everywhere(helm: Path) -> None:
-    """Args, Secret reference, Service references, the webhooks' own exclusion, Redis URL."""
+    """Args, Secret reference, Service references, the webhooks' and the audit trail policy's own
+    exclusion, Redis URL."""
     docs = helm_template(helm, namespace="agents-infra", crds=False)
     assert "agentops-system" not in yaml.safe_dump_all(docs)
     for hook in hooks(docs):
@@ -296,9 +306,14 @@ def test_another_namespace_is_followed_everywhere(helm: Path) -> None:
         assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == ["agents-infra"]
     args = container(docs, "Deployment", "agentops-webhook")["args"]
     assert {"--namespace=agents-infra", "--secret=agents-infra/agentops-webhook-tls"} <= set(args)
+    binding = find(docs, "ValidatingAdmissionPolicyBinding", "agentops-audit-trail")
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        "agents-infra"
+    ]
     cluster_scoped = {
         "ClusterRole", "ClusterRoleBinding",
         "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }  # fmt: skip
     namespaced = [d for d in docs if d["kind"] not in cluster_scoped]
     assert {d["metadata"].get("namespace") for d in namespaced} == {"agents-infra"}

@@ -24,6 +24,14 @@ labels) is named per case (``webhook``): the engine's messages on those fields a
 server must say nothing about them, and ``NativeAdmission.webhook_condition`` must hold for the
 request (a probe VAP reports it).
 
+Routing (one evaluator per request): every generated VAP carries ``!validating_condition`` as its
+``matchConditions``, so it is silent whenever the validating webhook is called.  Here the VAPs are
+installed *without* them, so their verdicts are compared with the engine's on every case (routed or
+not), and two more probe VAPs report, per request, whether the validating and the mutating
+webhook's conditions hold; they must be what :func:`routed` and :func:`mutating_webhook_called`
+(the design, in Python) say.  The harness mutates a request only when the mutating webhook would
+be called, as the API server does.
+
 Harness, not generator: every scenario gets namespaces of its own, labelled ``agentops-test/scenario``;
 its generated objects are renamed with the scenario's prefix and their bindings narrowed to that
 label, so all scenarios are installed at once without seeing each other.  A canary VAP installed
@@ -53,12 +61,20 @@ from hypothesis import strategies as st
 
 import kube
 import kube.config
-from contracts.resources import AgentPolicy, AgentPolicyException, ClusterAgentPolicy
+from contracts.resources import (
+    CHANGE_REASON,
+    STAMPED_ANNOTATIONS,
+    AgentPolicy,
+    AgentPolicyException,
+    ClusterAgentPolicy,
+)
 from localstack.controlplane import ControlPlane
+from policies.effective import LIMIT_NAMES
 from policies.engine import RATCHET_NOTE, Decision, PolicySet, validate
 from policies.native import (
     GENERATED_LABEL,
     SOURCE_ANNOTATION,
+    VAP_CONDITION_NAME,
     generate,
     generate_for,
     glob_regex,
@@ -118,6 +134,7 @@ class Case:
     mutated: bool = True
     webhook: tuple[str, ...] = ()  # fields the webhook decides for this request
     residual: bool | None = None  # webhook_condition holds (default: bool(webhook))
+    routed: bool | None = None  # validating_condition holds (default: :func:`routed`)
 
     @property
     def agent(self) -> str:
@@ -126,6 +143,10 @@ class Case:
     @property
     def operation(self) -> str:
         return "CREATE" if self.stored is None else "UPDATE"
+
+    @property
+    def left_to_webhook(self) -> bool:
+        return bool(self.webhook) if self.residual is None else self.residual
 
 
 @dataclass(frozen=True)
@@ -140,6 +161,7 @@ def spec_of(overlay: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in {**BASE_SPEC, **overlay}.items() if v is not None}
 
 
+REASON_FIELD = f"metadata.annotations[{CHANGE_REASON}]"
 LATER = NOW + timedelta(hours=1)
 EARLIER = NOW - timedelta(hours=1)
 
@@ -487,6 +509,33 @@ SCENARIOS: tuple[Scenario, ...] = (
             Case("lapsed", {"limits": limits(tokens=12000)}, name="lapsed"),
         ),
     ),
+    Scenario(
+        id="reasons",
+        namespaces={"team": {}, "other": {}},
+        policies=lambda ns: [
+            cluster_policy("org", replicas={"max": 5}),
+            agent_policy(
+                "why",
+                namespace=ns("team"),
+                prompts={"requireChangeReason": True},
+                selector={"matchLabels": {"audited": "yes"}},
+            ),
+        ],
+        cases=(
+            # A CREATE a change-reason policy may apply to goes to the validating webhook.
+            Case(
+                "create-audited",
+                {"replicas": 6},
+                {"audited": "yes"},
+                webhook=(REASON_FIELD,),
+                residual=False,
+                routed=True,
+            ),
+            Case("create-unaudited", {"replicas": 6}, routed=False),
+            Case("create-elsewhere", {"replicas": 6}, {"audited": "yes"}, namespace="other", routed=False),
+            Case("update-audited", {"replicas": 6}, {"audited": "yes"}, stored={}),
+        ),
+    ),
 )
 CASES = [(scenario, case) for scenario in SCENARIOS for case in scenario.cases]
 
@@ -503,6 +552,8 @@ class ApiAnswer:
     warnings: tuple[str, ...]
     audit: tuple[str, ...]
     webhook_condition: bool
+    validating_condition: bool
+    mutating_condition: bool
 
 
 @dataclass(frozen=True)
@@ -511,6 +562,47 @@ class Outcome:
     engine: Decision
     api: ApiAnswer
     owner_of_vap: Mapping[str, str]  # renamed VAP name -> source it was generated from
+    mutated: bool  # the harness ran the engine's mutate (the mutating webhook would be called)
+    routed: bool  # the validating webhook would be called (the design, in Python)
+    mutating_called: bool  # the mutating webhook's condition on the object sent (the design)
+
+
+def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    return ((obj or {}).get("metadata") or {}).get("annotations") or {}
+
+
+def _prompt(obj: Mapping[str, Any] | None) -> Any:
+    return ((obj or {}).get("spec") or {}).get("systemPrompt")
+
+
+def _changed(obj: Mapping[str, Any], old: Mapping[str, Any], keys: Sequence[str]) -> bool:
+    return any(_annotations(obj).get(k) != _annotations(old).get(k) for k in keys)
+
+
+def mutating_webhook_called(case: Case, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """The mutating webhook's ``matchConditions`` for an AgentDeployment, as designed."""
+    if case.scale is not None:
+        return False
+    if old is None or case.left_to_webhook:
+        return True
+    limits_given = (obj.get("spec") or {}).get("limits") or {}
+    return (
+        _prompt(obj) != _prompt(old)
+        or _changed(obj, old, (*STAMPED_ANNOTATIONS, CHANGE_REASON))
+        or any(name not in limits_given for name in LIMIT_NAMES)
+    )
+
+
+def routed(case: Case, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """The validating webhook's ``matchConditions`` for an AgentDeployment, as designed (on the
+    object after mutation); CREATEs a change-reason policy may apply to are named per case."""
+    if case.routed is not None:
+        return case.routed
+    if case.left_to_webhook:
+        return True
+    if case.scale is not None or old is None:
+        return False
+    return _prompt(obj) != _prompt(old) or _changed(obj, old, STAMPED_ANNOTATIONS)
 
 
 def _parse_warning(header: str) -> str:
@@ -581,8 +673,14 @@ class Harness:
             native = generate(policy_set, now=NOW)
             for obj in self.isolated(scenario, native.objects()):
                 self.api.create(self.admission_path(obj), obj)
-            for obj in self.isolated(scenario, self.condition_probe(native.webhook_condition)):
-                self.api.create(self.admission_path(obj), obj)
+            probes = {
+                "webhook-condition": native.webhook_condition,
+                "validating-condition": native.validating_condition,
+                "mutating-condition": native.mutating_condition,
+            }
+            for name, condition in probes.items():
+                for obj in self.isolated(scenario, self.condition_probe(name, condition)):
+                    self.api.create(self.admission_path(obj), obj)
         for obj in self.canary():
             self.api.create(self.admission_path(obj), obj)
 
@@ -597,6 +695,10 @@ class Harness:
             if obj["kind"] == "ValidatingAdmissionPolicy":
                 source = obj["metadata"].get("annotations", {}).get(SOURCE_ANNOTATION, "")
                 self.owner_of_vap[obj["metadata"]["name"]] = source
+                # Judged on every case; the routing is the probes' (module docstring).
+                if source:
+                    conditions = obj["spec"].pop("matchConditions")
+                    assert [c["name"] for c in conditions] == [VAP_CONDITION_NAME]
                 out.append(obj)
                 continue
             obj["spec"]["policyName"] = prefix + obj["spec"]["policyName"]
@@ -614,9 +716,8 @@ class Harness:
         return out
 
     @staticmethod
-    def condition_probe(condition: str) -> list[dict[str, Any]]:
-        """A VAP that warns exactly when ``webhook_condition`` holds."""
-        name = "webhook-condition"
+    def condition_probe(name: str, condition: str) -> list[dict[str, Any]]:
+        """A VAP that warns exactly when ``condition`` holds."""
         return [
             {
                 "apiVersion": "admissionregistration.k8s.io/v1",
@@ -634,7 +735,7 @@ class Harness:
                             }
                         ]
                     },
-                    "validations": [{"expression": f"!({condition})", "message": "left to the webhook"}],
+                    "validations": [{"expression": f"!({condition})", "message": name}],
                 },
             },
             {
@@ -768,7 +869,8 @@ class Harness:
                 obj["spec"] = spec_of(case.spec)
                 obj["metadata"]["labels"] = dict(case.labels)
             req = self.engine_request(obj, ns, operation=case.operation, old=old)
-            if case.mutated:
+            mutating = case.mutated and mutating_webhook_called(case, obj, old)
+            if mutating:
                 _, mutated, engine = admit(req, policies)
                 assert mutated is not None
                 obj = mutated
@@ -782,20 +884,37 @@ class Harness:
                 response = self.call("POST", base, obj)
             else:
                 response = self.call("PUT", f"{base}/{case.agent}", obj)
-        return Outcome(case, engine, self.answer(response), self.owner_of_vap)
+            return Outcome(
+                case,
+                engine,
+                self.answer(response),
+                self.owner_of_vap,
+                mutated=mutating,
+                routed=routed(case, obj, old),
+                mutating_called=mutating_webhook_called(case, obj, old),
+            )
+        return Outcome(
+            case,
+            engine,
+            self.answer(response),
+            self.owner_of_vap,
+            mutated=False,
+            routed=routed(case, seen, old_scale),
+            mutating_called=False,
+        )
 
     @staticmethod
     def answer(response: httpx.Response) -> ApiAnswer:
         warnings: list[str] = []
         audit: list[str] = []
-        condition = False
+        conditions: set[str] = set()
         for header in response.headers.get_list("warning"):
             text = _parse_warning(header)
             found = _WARNED.match(text)
             if found is None:
                 warnings.append(text)
-            elif found[1].endswith(".webhook-condition"):
-                condition = True
+            elif found[1].endswith("-condition"):
+                conditions.add(found[1].rsplit(".", 1)[-1])
             elif found[2].endswith(".probe"):
                 audit.append(found[3])
             else:
@@ -809,7 +928,15 @@ class Harness:
             else:
                 denied_by, denial = found[1], found[3]
         return ApiAnswer(
-            response.status_code, denied_by, denial, other, tuple(warnings), tuple(audit), condition
+            response.status_code,
+            denied_by,
+            denial,
+            other,
+            tuple(warnings),
+            tuple(audit),
+            "webhook-condition" in conditions,
+            "validating-condition" in conditions,
+            "mutating-condition" in conditions,
         )
 
 
@@ -873,8 +1000,12 @@ def test_engine_and_api_server_agree(outcomes: dict[str, Outcome], key: str) -> 
     assert Counter(api.audit) == Counter(audit), context
     for message in [*(api.denial or "").split("; "), *api.warnings, *api.audit]:
         assert not _about(message, webhook), f"the VAPs judged what they leave to the webhook: {message}"
-    residual = bool(webhook) if case.residual is None else case.residual
-    assert api.webhook_condition == residual, f"webhook_condition for {key}"
+    assert api.webhook_condition == case.left_to_webhook, f"webhook_condition for {key}"
+    assert api.validating_condition == outcome.routed, f"validating_condition for {key}"
+    assert api.mutating_condition == outcome.mutating_called, f"mutating_condition for {key}"
+    if not outcome.routed:
+        # The VAPs alone judge it: nothing may be left to the webhook.
+        assert not webhook, f"{key} is judged by the VAPs alone, yet the case leaves {webhook} to the webhook"
 
 
 def test_the_table_covers_every_rule_mode_and_path(outcomes: dict[str, Outcome]) -> None:
@@ -947,6 +1078,28 @@ def test_generated_objects_are_named_and_labelled_for_cleanup() -> None:
         assert selected == by_source[source].objects(), source
         assert all(o["metadata"]["annotations"][SOURCE_ANNOTATION] == source for o in selected)
     assert all(o["metadata"]["labels"][GENERATED_LABEL] == "native-admission" for o in native.objects())
+
+
+def test_generated_vaps_use_no_variables() -> None:
+    """kubernetes/kubernetes#135757: before 1.36, compiling a VAP with ``spec.variables`` while
+    another is evaluated can crash the API server; the generated terms are inlined instead
+    (string literals that merely mention ``variables.`` are left alone)."""
+    for scenario in SCENARIOS:
+        policies = scenario.policies(lambda symbolic: f"ns-{symbolic}")
+        policy_set = PolicySet(
+            cluster=tuple(p for p in policies if isinstance(p, ClusterAgentPolicy)),
+            namespaced=tuple(p for p in policies if isinstance(p, AgentPolicy)),
+            exceptions=tuple(p for p in policies if isinstance(p, AgentPolicyException)),
+        )
+        for obj in generate(policy_set, now=NOW).objects():
+            if obj["kind"] != "ValidatingAdmissionPolicy":
+                continue
+            assert "variables" not in obj["spec"], obj["metadata"]["name"]
+            text = json.dumps(obj["spec"])
+            assert "variables." not in text, obj["metadata"]["name"]
+    named = generate(PolicySet(cluster=(cluster_policy("variables.x", replicas={"max": 1}),)), now=NOW)
+    messages = [v["messageExpression"] for o in named.objects() for v in o["spec"].get("validations", [])]
+    assert any("ClusterAgentPolicy/variables.x" in m for m in messages), messages
 
 
 def test_one_policy_compiles_as_in_the_whole_set() -> None:

@@ -1,0 +1,308 @@
+"""Native admission (issue 11, ``python -m controller --native-admission``): the generated
+ValidatingAdmissionPolicies and the webhooks' routing, kept in step with the policies.
+
+:func:`policies.native.generate` compiles the ClusterAgentPolicies, AgentPolicies and
+AgentPolicyExceptions of the :class:`~controller.policy.PolicyCache` into VAPs, their bindings and
+the two webhooks' ``matchConditions`` (docs/native-admission.md).  One regeneration makes the
+cluster match it, in an order that never leaves a request without an evaluator:
+
+1. **widen**: where a webhook's condition is to change, OR the new one into the old one first;
+2. **apply** (server-side, field manager ``agentops-controller``) every generated object that
+   differs from what this process last applied, VAPs before bindings;
+3. **prune**: list by :data:`~policies.native.GENERATED_SELECTOR` and delete what is no longer
+   generated, bindings first.  Labels, not owner references: a cluster-scoped VAP cannot be owned
+   by a namespaced AgentPolicy, and a policy deleted while the controller was down leaves no event;
+4. **narrow**: set the condition exactly, on every webhook of the two configurations that matches
+   AgentDeployments (a JSON patch conditional on ``resourceVersion``).
+
+When (:func:`request`, from :mod:`controller.handlers`, debounced by ``native_debounce`` and
+``native_debounce_max``): on every policy, exception and namespace event, which includes kopf's
+initial listing at start-up; on events of the two webhook configurations (a re-apply of the
+manifests resets their ``matchConditions``: they are set again); and when a generated object is
+changed or deleted by someone else (:func:`observed`: re-applied) or an unknown one appears
+(pruned).  At the next exception expiry (``NativeAdmission.next_change``) through :func:`tick`,
+which every agent's timer calls each second, as for the background scans: without agents a late
+regeneration only keeps the expired exception's agents routed to the webhook, which already
+counts the exception as expired.  Only the leader regenerates (kopf runs handlers on the leader
+only; see :mod:`controller.scan`).  A failure is logged and retried with backoff; it never stops
+the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kube
+from contracts.resources import GROUP
+from controller.context import Context, NativeState
+from controller.render import FIELD_MANAGER
+from policies.native import GENERATED_SELECTOR, WEBHOOK_CONDITION_NAME, NativeAdmission, Options, generate
+
+logger = logging.getLogger("controller.native")
+
+ADMISSION = "admissionregistration.k8s.io/v1"
+POLICY_KIND = "ValidatingAdmissionPolicy"
+BINDING_KIND = "ValidatingAdmissionPolicyBinding"
+PLURALS = {POLICY_KIND: "validatingadmissionpolicies", BINDING_KIND: "validatingadmissionpolicybindings"}
+MUTATING = "MutatingWebhookConfiguration"
+VALIDATING = "ValidatingWebhookConfiguration"
+WEBHOOK_PLURALS = {MUTATING: "mutatingwebhookconfigurations", VALIDATING: "validatingwebhookconfigurations"}
+RETRY_MIN_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
+#: A regeneration due at an exception's expiry starts this long after it, so it has expired.
+EXPIRY_MARGIN_SECONDS = 0.05
+#: Reads and patches of a webhook configuration another writer keeps changing, before giving up.
+PATCH_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one regeneration did (logged)."""
+
+    objects: int
+    applied: int
+    deleted: int
+    webhooks_patched: int
+    seconds: float
+
+
+# --- when ------------------------------------------------------------------------------------------
+
+
+def request(ctx: Context) -> None:
+    """Regenerate soon (debounced); call only from kopf handlers.  A no-op without native admission."""
+    state = ctx.native
+    if state is None or state.closed:
+        return
+    state.requested = True
+    state.wake.set()
+    if state.task is None or state.task.done():
+        state.task = asyncio.create_task(_regenerations(ctx, state), name="native admission")
+
+
+def tick(ctx: Context) -> None:
+    """Called each second by every agent's timer: a regeneration when an exception's expiry is due."""
+    state = ctx.native
+    if state is not None and not state.requested and asyncio.get_running_loop().time() >= state.due:
+        request(ctx)
+
+
+def observed(ctx: Context, body: Mapping[str, Any], *, deleted: bool) -> None:
+    """A generated VAP or binding changed: regenerate unless the change is our own write."""
+    state = ctx.native
+    if state is None:
+        return
+    meta = body.get("metadata") or {}
+    key = (str(body.get("kind")), str(meta.get("name")))
+    applied = state.applied.get(key)
+    if applied is None:
+        if not deleted:
+            state.pruned = None  # not ours (yet): a leftover, unless it is about to be generated
+            request(ctx)
+        return
+    # The generation moves with the spec only: the API server's own status writes (a VAP's
+    # typeChecking) do not count as a change.
+    if deleted or str(meta.get("generation")) != applied[1]:
+        # Someone else's change: apply ours again (pop: the regeneration thread may prune it meanwhile).
+        state.applied.pop(key, None)
+        request(ctx)
+
+
+async def cancel(ctx: Context) -> None:
+    state = ctx.native
+    if state is None:
+        return
+    state.closed = True
+    if state.task is not None and not state.task.done():
+        state.task.cancel()
+        await asyncio.gather(state.task, return_exceptions=True)
+
+
+async def _regenerations(ctx: Context, state: NativeState) -> None:
+    """Debounce, regenerate, and again while requests keep coming (retrying failures); then end."""
+    loop = asyncio.get_running_loop()
+    backoff = RETRY_MIN_SECONDS
+    while state.requested:
+        await _debounce(state, ctx.config.native_debounce, ctx.config.native_debounce_max)
+        state.requested = False
+        try:
+            outcome, native, now = await regenerate(ctx)
+        except Exception as exc:  # never let a failure (API, RBAC, a bug) stop the operator
+            logger.warning(
+                "native admission: regeneration failed, retrying in %g s: %s: %s",
+                backoff,
+                type(exc).__name__,
+                exc,
+            )
+            state.requested = True
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_MAX_SECONDS)
+            continue
+        backoff = RETRY_MIN_SECONDS
+        state.due = (
+            float("inf")
+            if native.next_change is None
+            else loop.time() + (native.next_change - now).total_seconds() + EXPIRY_MARGIN_SECONDS
+        )
+        logger.log(
+            logging.INFO if outcome.applied or outcome.deleted or outcome.webhooks_patched else logging.DEBUG,
+            "native admission: %d generated objects, %d applied, %d deleted, %d webhook configurations "
+            "patched, %.3f s",
+            outcome.objects,
+            outcome.applied,
+            outcome.deleted,
+            outcome.webhooks_patched,
+            outcome.seconds,
+        )
+
+
+async def _debounce(state: NativeState, quiet: float, longest: float) -> None:
+    """Let a burst of changes (``kubectl apply`` of a directory, the start-up listing) settle."""
+    end = time.monotonic() + longest
+    while True:
+        state.wake.clear()
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            await asyncio.wait_for(state.wake.wait(), timeout=min(quiet, remaining))
+        except TimeoutError:
+            return
+
+
+# --- what ------------------------------------------------------------------------------------------
+
+
+async def regenerate(ctx: Context) -> tuple[Outcome, NativeAdmission, datetime]:
+    """Generate from the policy cache now and make the cluster match (module docstring)."""
+    assert ctx.native is not None
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    native = generate(
+        ctx.policies.policy_set(ctx.scans.agent_keys()),
+        now=now,
+        options=Options(namespaces=ctx.config.namespaces),
+    )
+    applied, deleted, patched = await asyncio.to_thread(
+        _sync, ctx.kube.api, ctx.native, native, ctx.config.webhook_configuration
+    )
+    outcome = Outcome(len(native.objects()), applied, deleted, patched, time.perf_counter() - started)
+    return outcome, native, now
+
+
+def _sync(
+    api: kube.Client, state: NativeState, native: NativeAdmission, configuration: str
+) -> tuple[int, int, int]:
+    """The four steps, blocking: (objects applied, objects deleted, webhook patches)."""
+    conditions = {MUTATING: native.mutating_condition, VALIDATING: native.validating_condition}
+    patched = 0
+    for kind, condition in conditions.items():
+        patched += _set_condition(api, kind, configuration, functools.partial(_widened, wanted=condition))
+    objects = sorted(native.objects(), key=lambda obj: obj["kind"] != POLICY_KIND)  # stable: VAPs first
+    wanted = frozenset((str(obj["kind"]), str(obj["metadata"]["name"])) for obj in objects)
+    applied = 0
+    for obj in objects:
+        key = (str(obj["kind"]), str(obj["metadata"]["name"]))
+        if key in state.applied and state.applied[key][0] == obj:
+            continue
+        written = api.apply(obj, field_manager=FIELD_MANAGER, force=True)
+        state.applied[key] = (obj, str(written["metadata"].get("generation")))
+        applied += 1
+    deleted = 0
+    if state.pruned != wanted:
+        for kind in (BINDING_KIND, POLICY_KIND):  # a binding never outlives its policy
+            path = kube.path(ADMISSION, PLURALS[kind])
+            for item in api.list_items(path, label_selector=GENERATED_SELECTOR, metadata_only=True):
+                name = str(item["metadata"]["name"])
+                if (kind, name) not in wanted:
+                    api.delete(f"{path}/{name}")
+                    state.applied.pop((kind, name), None)
+                    deleted += 1
+        state.pruned = wanted
+    for kind, condition in conditions.items():
+        patched += _set_condition(api, kind, configuration, functools.partial(_exactly, wanted=condition))
+    return applied, deleted, patched
+
+
+def _exactly(_current: str | None, wanted: str) -> str:
+    return wanted
+
+
+def _widened(current: str | None, wanted: str) -> str | None:
+    """During a change: the webhook is called when the old *or* the new condition holds.  No
+    condition of ours yet means it is called for everything it matches: nothing to widen."""
+    if current is None or current == wanted:
+        return None
+    return f"({current}) || ({wanted})"
+
+
+def covers_agents(webhook: Mapping[str, Any]) -> bool:
+    """Whether a webhook of a configuration is called for AgentDeployments (ours are, and the
+    namespaced half of a scoped test registration; the cluster-scoped half is not)."""
+    for rule in webhook.get("rules") or ():
+        groups = rule.get("apiGroups") or ()
+        resources = rule.get("resources") or ()
+        if (GROUP in groups or "*" in groups) and ("agentdeployments" in resources or "*" in resources):
+            return True
+    return False
+
+
+def condition_of(webhook: Mapping[str, Any]) -> str | None:
+    """Our ``matchConditions`` entry's expression on a webhook, if it has one."""
+    for condition in webhook.get("matchConditions") or ():
+        if condition.get("name") == WEBHOOK_CONDITION_NAME:
+            return str(condition.get("expression"))
+    return None
+
+
+def condition_patch(
+    configuration: Mapping[str, Any], want: Callable[[str | None], str | None]
+) -> list[dict[str, Any]]:
+    """JSON patch operations setting our condition to ``want(current)`` (``None``: leave it) on
+    every webhook that covers AgentDeployments, conditional on the configuration's version."""
+    ops: list[dict[str, Any]] = []
+    for index, webhook in enumerate(configuration.get("webhooks") or ()):
+        if not covers_agents(webhook):
+            continue
+        current = condition_of(webhook)
+        expression = want(current)
+        if expression is None or expression == current:
+            continue
+        others = [c for c in webhook.get("matchConditions") or () if c.get("name") != WEBHOOK_CONDITION_NAME]
+        ours = {"name": WEBHOOK_CONDITION_NAME, "expression": expression}
+        ops.append({"op": "test", "path": f"/webhooks/{index}/name", "value": webhook.get("name")})
+        ops.append({"op": "add", "path": f"/webhooks/{index}/matchConditions", "value": [*others, ours]})
+    if not ops:
+        return []
+    version = configuration["metadata"]["resourceVersion"]
+    return [{"op": "replace", "path": "/metadata/resourceVersion", "value": version}, *ops]
+
+
+def _set_condition(api: kube.Client, kind: str, name: str, want: Callable[[str | None], str | None]) -> int:
+    """1 when this call patched the configuration, 0 when it had nothing to change or is missing."""
+    path = kube.path(ADMISSION, WEBHOOK_PLURALS[kind], name)
+    for attempt in range(PATCH_ATTEMPTS):
+        current = api.get(path)
+        if current is None:
+            # Not installed (yet): its creation is an event, which brings us back.
+            logger.debug("native admission: %s/%s not found; its matchConditions wait for it", kind, name)
+            return 0
+        ops = condition_patch(current, want)
+        if not ops:
+            return 0
+        try:
+            api.json_patch(path, ops)
+        except kube.ApiError as exc:
+            # 409: changed since read (re-applied, caBundle injected); 422: webhooks reordered.
+            if exc.status not in (409, 422) or attempt == PATCH_ATTEMPTS - 1:
+                raise
+            continue
+        return 1
+    return 0
