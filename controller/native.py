@@ -41,6 +41,7 @@ from typing import Any
 
 import kube
 from contracts.resources import GROUP
+from controller import debounce
 from controller.context import Context, NativeState
 from controller.render import FIELD_MANAGER
 from policies.native import GENERATED_SELECTOR, WEBHOOK_CONDITION_NAME, NativeAdmission, Options, generate
@@ -130,7 +131,7 @@ async def _regenerations(ctx: Context, state: NativeState) -> None:
     loop = asyncio.get_running_loop()
     backoff = RETRY_MIN_SECONDS
     while state.requested:
-        await _debounce(state, ctx.config.native_debounce, ctx.config.native_debounce_max)
+        await debounce.settle(state.wake, ctx.config.native_debounce, ctx.config.native_debounce_max)
         state.requested = False
         try:
             outcome, native, now = await regenerate(ctx)
@@ -161,20 +162,6 @@ async def _regenerations(ctx: Context, state: NativeState) -> None:
             outcome.webhooks_patched,
             outcome.seconds,
         )
-
-
-async def _debounce(state: NativeState, quiet: float, longest: float) -> None:
-    """Let a burst of changes (``kubectl apply`` of a directory, the start-up listing) settle."""
-    end = time.monotonic() + longest
-    while True:
-        state.wake.clear()
-        remaining = end - time.monotonic()
-        if remaining <= 0:
-            return
-        try:
-            await asyncio.wait_for(state.wake.wait(), timeout=min(quiet, remaining))
-        except TimeoutError:
-            return
 
 
 # --- what ------------------------------------------------------------------------------------------

@@ -53,8 +53,8 @@ from redis.exceptions import RedisError
 import kube
 from contracts import reports as report_contract
 from contracts.resources import AgentDeployment, AgentPipeline, Budget
-from controller import agents, budget, reports
-from controller.context import Context, NamespaceScan
+from controller import agents, budget, debounce, reports
+from controller.context import Context
 from policies.results import SEVERITY, RuleResult, evaluate
 
 logger = logging.getLogger("controller.scan")
@@ -185,7 +185,7 @@ async def _scans(ctx: Context, namespace: str) -> None:
     config = ctx.config
     loop = asyncio.get_running_loop()
     while state.requested:
-        await _debounce(state, config.scan_debounce, config.scan_debounce_max)
+        await debounce.settle(state.wake, config.scan_debounce, config.scan_debounce_max)
         state.requested = False
         try:
             outcome = await scan_namespace(ctx, namespace)
@@ -213,20 +213,6 @@ async def _scans(ctx: Context, namespace: str) -> None:
             outcome.seconds,
             outcome.violations_changed,
         )
-
-
-async def _debounce(state: NamespaceScan, quiet: float, longest: float) -> None:
-    """Let a burst of changes (``kubectl apply`` of a directory) settle into one scan."""
-    end = time.monotonic() + longest
-    while True:
-        state.wake.clear()
-        remaining = end - time.monotonic()
-        if remaining <= 0:
-            return
-        try:
-            await asyncio.wait_for(state.wake.wait(), timeout=min(quiet, remaining))
-        except TimeoutError:
-            return
 
 
 def _expiry_deadline(ctx: Context, namespace: str, loop_now: float) -> float:
