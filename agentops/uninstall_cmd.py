@@ -7,6 +7,9 @@ controller is gone (``helm uninstall`` keeps the CRDs and the users' objects, by
 deleting them, or their CRDs, would wait forever.  This command deletes them, gives a controller
 ``--wait`` seconds to finish them properly (a running one withdraws a deleted pipeline's queued
 tasks), then removes the finalizer from what is still held by it, saying which objects it released.
+With ``--crds`` it waits for the agents' Deployments, Services and ConfigMaps to be
+garbage-collected before deleting the CRDs: once an owner's kind is gone, the garbage collector
+can no longer resolve it and leaves its dependents behind.
 
 It never touches another operator's finalizers, nor kopf's peering CRDs while another kopf
 operator's peering object still uses them.
@@ -26,6 +29,7 @@ from contracts.resources import (
     API_VERSION,
     CONTROLLER_FINALIZER,
     GROUP,
+    LABEL_AGENT,
     RESOURCES,
     AgentDeployment,
     AgentPipeline,
@@ -38,6 +42,10 @@ KOPF = "kopf.dev/v1"
 #: The peering object our controller creates (``--peering`` in deploy/manifests/controller.yaml).
 PEERING = "agentops-controller"
 POLL_SECONDS = 0.5
+#: What the controller creates for each agent (owned by it, garbage-collected with it).
+CHILDREN = (("apps/v1", "deployments"), ("v1", "services"), ("v1", "configmaps"))
+#: How long, beyond --wait, the garbage collector gets to remove the agents' children.
+CHILDREN_SECONDS = 60.0
 
 
 def register(subparsers: Any) -> None:
@@ -133,6 +141,28 @@ def _wait_gone(api: kube.Client, paths: list[str], what: str, timeout: float) ->
     return left
 
 
+def _children(api: kube.Client) -> list[str]:
+    """Every object the controller made for an agent (labelled with it), in every namespace."""
+    found: list[str] = []
+    for api_version, plural in CHILDREN:
+        for item in api.list_items(
+            kube.path(api_version, plural), label_selector=LABEL_AGENT, metadata_only=True
+        ):
+            meta = item["metadata"]
+            found.append(kube.path(api_version, plural, meta["name"], namespace=meta["namespace"]))
+    return found
+
+
+def _wait_children_gone(api: kube.Client, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    left = _children(api)
+    while left and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        left = _children(api)
+    for path in left:
+        print(f"still there after {timeout:.0f}s (not garbage-collected yet): {path}", file=sys.stderr)
+
+
 def _uninstall(args: argparse.Namespace) -> int:
     if args.crds and args.namespace:
         print(
@@ -148,10 +178,12 @@ def _uninstall(args: argparse.Namespace) -> int:
     if not any(_served(api, crd) for crd in our_crds):
         print("agentops uninstall: no agentops CRD is installed; nothing to do")
         return 0
+    deleted: list[str] = []
     for plural in WORKLOADS:
         if not _served(api, f"{plural}.{GROUP}"):
             continue
         paths = _paths(api, plural, args.namespace)
+        deleted += paths
         released = _delete_all(api, paths, args.wait)
         where = f" in namespace {args.namespace}" if args.namespace else ""
         print(f"deleted {len(paths)} {plural}{where}")
@@ -159,6 +191,10 @@ def _uninstall(args: argparse.Namespace) -> int:
             print(f"  no controller finished {path} within {args.wait:.0f}s: removed {CONTROLLER_FINALIZER}")
     if not args.crds:
         return 0
+    # The garbage collector removes an agent's Deployment, Service and ConfigMap only while it can
+    # still resolve the owner's kind: deleting the CRDs first would strand them for good.
+    _wait_gone(api, deleted, "object", timeout=args.wait + CHILDREN_SECONDS)
+    _wait_children_gone(api, timeout=args.wait + CHILDREN_SECONDS)
     crd_paths = [kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", crd) for crd in our_crds]
     for path in crd_paths:
         api.delete(path)

@@ -17,12 +17,20 @@ pipelines, policy objects, exceptions and revisions.
 
 Design (the full argument is in ``docs/native-admission.md``):
 
-- **Per policy, per action.**  A binding has one ``validationActions`` for all of a VAP's
-  validations, so each source policy yields up to three VAPs, each with one binding: ``deny``
-  ([Deny]: its Enforce violations and the missing-limit errors it owns), ``warn`` ([Warn]: its
-  Warn violations and every ratcheted one) and ``audit`` ([Audit]).  A ``baseline`` pair, owned
-  by no policy, denies a missing limit no matching policy has a default for (the engine denies
-  that even when no policy exists at all).
+- **Per policy, per action, per kind of object.**  A binding has one ``validationActions`` for all
+  of a VAP's validations, so each source policy yields up to three VAPs, each with one binding:
+  ``deny`` ([Deny]: its Enforce violations and the missing-limit errors it owns), ``warn`` ([Warn]:
+  its Warn violations and every ratcheted one) and ``audit`` ([Audit]); and, when it decides
+  Scales, ``scale-deny``, ``scale-warn``, ``scale-audit`` for the ``scale`` subresource (one kind
+  of object per VAP: no term asks which one it looks at).  A ``baseline`` set, owned by no policy,
+  denies a missing limit no matching policy has a default for (the engine denies that even when no
+  policy exists at all).  A finding that can never be reported (a limit every policy has a default
+  for; a bound a stricter peer always eclipses) is folded away, and a VAP left empty is not generated.
+- **Cost.**  The API server (cel-go with cost tracking) plans an expression's whole syntax tree
+  again on every evaluation, taken branches or not, so a VAP costs what its evaluated expressions
+  weigh.  Each VAP's second ``matchConditions`` entry, :data:`FINDING_CONDITION_NAME`, is a short
+  "one of my findings may be hit" on the field values alone; on the usual request it is false and
+  the validations (peers, ratchet, messages) are never evaluated.  Constants are folded.
 - **The engine's folding, per field.**  The engine reports, per field, only the most severe
   violated bound and within a mode only the strictest (ties to the first ``Kind/name``).  A VAP
   cannot see other VAPs, so each is generated knowing its peers: policy P reports a field only
@@ -56,9 +64,10 @@ Design (the full argument is in ``docs/native-admission.md``):
   same request.  :attr:`NativeAdmission.validating_condition` is what the validating webhook is
   called for (``matchConditions``, set by the controller): every kind CEL does not judge, and the
   AgentDeployment requests CEL cannot decide (a prompt or stamp change, :attr:`webhook_condition`,
-  a CREATE a change-reason policy may apply to); every generated VAP carries its negation, so it
-  judges exactly the rest.  :attr:`NativeAdmission.mutating_condition` calls the mutating webhook
-  on CREATE and on the updates it has work for, never on a Scale.
+  a CREATE a change-reason policy may apply to); every generated VAP carries its negation (as far
+  as it can hold for what the VAP matches), so it judges exactly the rest.
+  :attr:`NativeAdmission.mutating_condition` calls the mutating webhook on CREATE and on the
+  updates it has work for, never on a Scale.
 
 Names are ``agentops.cagpol.<name>.<action>``, ``agentops.agpol.<namespace>.<name>.<action>`` and
 ``agentops.baseline.<action>`` (cut and suffixed with a hash past 253 characters); every object
@@ -93,6 +102,7 @@ from policies.verdict import RATCHET_NOTE
 
 __all__ = [
     "COMPILED_RULES",
+    "FINDING_CONDITION_NAME",
     "GENERATED_LABEL",
     "GENERATED_SELECTOR",
     "SOURCE_ANNOTATION",
@@ -126,8 +136,11 @@ COMPILED_RULES: frozenset[str] = frozenset(
 )
 #: The name of the ``matchConditions`` entry the controller puts on the two webhooks.
 WEBHOOK_CONDITION_NAME = f"{GROUP}/native-admission"
-#: The name of every generated VAP's one ``matchConditions`` entry: "the webhook is not called".
+#: The name of a generated VAP's routing ``matchConditions`` entry: "the webhook is not called".
 VAP_CONDITION_NAME = f"{GROUP}/not-for-the-webhook"
+#: The name of a generated VAP's other ``matchConditions`` entry: "the request draws one of its
+#: findings"; without one, the VAP's validations are not evaluated at all.
+FINDING_CONDITION_NAME = f"{GROUP}/has-a-finding"
 _NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 _MAX_NAME = 253
 _SEVERITY = {mode: i for i, mode in enumerate(MODES)}
@@ -279,8 +292,11 @@ def _cel_list(items: Iterable[str]) -> str:
     return "[" + ", ".join(cel_string(item) for item in items) + "]"
 
 
-def _any(terms: Sequence[str]) -> str:
-    return " || ".join(f"({t})" for t in terms) if terms else "false"
+def _any(terms: Iterable[str]) -> str:
+    kept = [t for t in terms if t != "false"]
+    if "true" in kept:
+        return "true"
+    return " || ".join(f"({t})" for t in kept) if kept else "false"
 
 
 def _all(terms: Iterable[str]) -> str:
@@ -288,6 +304,20 @@ def _all(terms: Iterable[str]) -> str:
     if "false" in kept:
         return "false"
     return " && ".join(f"({t})" for t in kept) if kept else "true"
+
+
+_SIMPLE = re.compile(r"[\w.]+")
+
+
+def _not(term: str) -> str:
+    """``!term``, folded when ``term`` is a constant.
+
+    Folding matters for speed, not only size: the API server (cel-go with cost tracking) plans an
+    expression's whole syntax tree again on every evaluation, so every node costs, taken or not.
+    """
+    if term in ("true", "false"):
+        return "false" if term == "true" else "true"
+    return f"!{term}" if _SIMPLE.fullmatch(term) else f"!({term})"
 
 
 def selector_cel(selector: CompiledSelector, labels: str) -> str:
@@ -342,6 +372,13 @@ def glob_regex(pattern: str) -> str:
         else:
             out.append(_escape(char))
     return "^(?s:" + "".join(out) + ")$"
+
+
+def _globs_regex(patterns: Sequence[str]) -> str:
+    """One RE2 pattern matching what any of ``patterns`` matches (one regex to compile, not one each)."""
+    if len(patterns) == 1:
+        return glob_regex(patterns[0])
+    return "^(?:" + "|".join(glob_regex(p)[1:-1] for p in patterns) + ")$"
 
 
 def _glob_class(pattern: str, start: int, end: int) -> str:
@@ -456,7 +493,8 @@ class _Field:
     rule: str
     path: str
     present: Callable[[str], str]
-    value: Callable[[str], str]
+    #: (root, whether ``root`` is a Scale) -> the value
+    value: Callable[[str, bool], str]
     floor: bool = False
     scale: bool = False  # a Scale carries it too
     what: str = ""  # after the value in the message (" bytes")
@@ -468,7 +506,7 @@ def _limit_field(name: str) -> _Field:
         rule=f"limits.{name}",
         path=f"spec.limits.{name}",
         present=lambda r: f"has({r}.spec.limits) && has({r}.spec.limits.{name})",
-        value=lambda r: f"{r}.spec.limits.{name}",
+        value=lambda r, _: f"{r}.spec.limits.{name}",
     )
 
 
@@ -480,7 +518,7 @@ _FIELDS: tuple[_Field, ...] = (
         path="spec.replicas",
         present=lambda r: "true",
         # A Scale omits replicas 0 (omitempty); an AgentDeployment's default is 1 (the CRD's).
-        value=lambda r: f"(has({r}.spec.replicas) ? {r}.spec.replicas : (variables.scale ? 0 : 1))",
+        value=lambda r, scale: f"(has({r}.spec.replicas) ? {r}.spec.replicas : {0 if scale else 1})",
         scale=True,
     ),
     _Field(
@@ -488,14 +526,14 @@ _FIELDS: tuple[_Field, ...] = (
         rule="replicas.max",
         path="spec.autoscaling.maxReplicas",
         present=lambda r: f"has({r}.spec.autoscaling)",
-        value=lambda r: f"{r}.spec.autoscaling.maxReplicas",
+        value=lambda r, _: f"{r}.spec.autoscaling.maxReplicas",
     ),
     _Field(
         bound="prompts.maxBytes",
         rule="prompts.maxBytes",
         path="spec.systemPrompt",
         present=lambda r: "true",
-        value=lambda r: f"size(bytes({r}.spec.systemPrompt))",
+        value=lambda r, _: f"size(bytes({r}.spec.systemPrompt))",
         what=" bytes",
     ),
     _Field(
@@ -503,7 +541,7 @@ _FIELDS: tuple[_Field, ...] = (
         rule="probes.minIntervalSeconds",
         path="spec.livenessProbe.intervalSeconds",
         present=lambda r: f"has({r}.spec.livenessProbe) && {r}.spec.livenessProbe.type == 'semantic'",
-        value=lambda r: (
+        value=lambda r, _: (
             f"(has({r}.spec.livenessProbe.intervalSeconds) ? {r}.spec.livenessProbe.intervalSeconds : 60)"
         ),
         floor=True,
@@ -547,11 +585,19 @@ class _Slot:
     hit: str  # a variable name
     same_before: str  # a variable name
     message: str  # CEL string
+    #: What holds whenever ``hit`` does, judged on the field's value alone (no selectors, peers or
+    #: exceptions: ``namespaceObject`` is not set in ``matchConditions``): (CEL "the field is
+    #: present", CEL "its value violates the bound", or ``None``: the finding is its absence).
+    gate: tuple[str, str | None]
 
 
 @dataclass
 class _Builder:
-    """The variables of one source's VAPs, named and deduplicated as they are needed."""
+    """The variables of one source's VAPs, named and deduplicated as they are needed.
+
+    ``scale``: the VAPs are for the ``scale`` subresource (else for AgentDeployments): one kind of
+    object per VAP, so the generated terms never need to ask which one they are looking at.
+    """
 
     scale: bool
     variables: list[dict[str, str]] = field(default_factory=list)
@@ -560,9 +606,6 @@ class _Builder:
 
     def __post_init__(self) -> None:
         self.define("update", "request.operation == 'UPDATE'")
-        self.define(
-            "scale", "has(request.subResource) && request.subResource == 'scale'" if self.scale else "false"
-        )
         self.define("labels", "has(object.metadata.labels) ? object.metadata.labels : {}")
         self.define(
             "oldLabels",
@@ -574,6 +617,9 @@ class _Builder:
         )
 
     def define(self, name: str, expression: str) -> str:
+        """``variables.<name>``, or the constant ``expression`` itself (folded where it is used)."""
+        if expression in ("true", "false"):
+            return expression
         if name not in self._names:
             self._names[name] = expression
             self.variables.append({"name": name, "expression": expression})
@@ -602,20 +648,16 @@ class _Builder:
         return self.define(name, _any(terms))
 
 
-def _root_guard(fld: _Field, root: str) -> str:
-    return _all(["true" if fld.scale else "!variables.scale", fld.present(root)])
-
-
 def _violates(fld: _Field, value: str, bound: int) -> str:
     return f"{value} < {bound}" if fld.floor else f"{value} > {bound}"
 
 
-def _bound_message(fld: _Field, entry: PolicyEntry, bound: int) -> str:
+def _bound_message(fld: _Field, entry: PolicyEntry, bound: int, scale: bool) -> str:
     if fld.floor:
         tail = f" is below the minimum {bound} set by {entry.source} (semantic probes cost tokens)"
     else:
         tail = f"{fld.what} exceeds {bound} set by {entry.source}"
-    return f"{cel_string(fld.path + ': ')} + string({fld.value('object')}) + {cel_string(tail)}"
+    return f"{cel_string(fld.path + ': ')} + string({fld.value('object', scale)}) + {cel_string(tail)}"
 
 
 def _bound_blockers(
@@ -666,11 +708,16 @@ class _Compiler:
         self.slots: list[_Slot] = []
 
     def compile(self) -> list[_Slot]:
+        by_path = {f.path: f for f in _FIELDS}
+        if self.b.scale:
+            # A Scale carries replicas alone; the baseline never judges one.
+            if self.entry is not None:
+                self._bound(self.entry, by_path["spec.replicas"])
+            return self.slots
         if self.entry is None:
             for name in LIMIT_NAMES:
                 self._missing_without_default(name)
             return self.slots
-        by_path = {f.path: f for f in _FIELDS}
         for name in LIMIT_NAMES:
             self._missing_with_default(self.entry, name)
             self._bound(self.entry, by_path[f"spec.limits.{name}"])
@@ -681,16 +728,28 @@ class _Compiler:
         self._bound(self.entry, by_path["spec.livenessProbe.intervalSeconds"])
         return self.slots
 
-    def _slot(self, mode: PolicyMode | None, rule: str, hit: str, same: str, message: str) -> None:
+    def _slot(
+        self,
+        mode: PolicyMode | None,
+        rule: str,
+        hit: str,
+        same: str,
+        message: str,
+        gate: tuple[str, str | None],
+    ) -> None:
         i = len(self.slots)
         hit = _all([self._not_excused(rule), hit])
-        self.slots.append(_Slot(mode, self.b.define(f"s{i}", hit), self.b.define(f"s{i}Same", same), message))
+        if hit == "false":
+            return  # never reported (e.g. a missing limit every matching policy has a default for)
+        self.slots.append(
+            _Slot(mode, self.b.define(f"s{i}", hit), self.b.define(f"s{i}Same", same), message, gate)
+        )
 
     def _not_excused(self, rule: str) -> str:
         by_ns = self.context.excused.get(rule, {})
         if self.entry is not None and self.entry.namespaced:
             by_ns = {ns: agents for ns, agents in by_ns.items() if ns == self.entry.namespace}
-        return f"!{self.b.excused(rule, by_ns)}" if by_ns else "true"
+        return _not(self.b.excused(rule, by_ns)) if by_ns else "true"
 
     def _bound(self, entry: PolicyEntry, fld: _Field) -> None:
         bound = _bound(entry, fld.bound)
@@ -698,29 +757,33 @@ class _Compiler:
             return
         blockers = _bound_blockers(entry, self.peers, fld)
 
+        scale = self.b.scale
+
         def reports(root: str, old: bool) -> str:
-            value = fld.value(root)
-            terms = [_root_guard(fld, root), self.b.matches(entry, old), _violates(fld, value, bound)]
-            if fld.scale and (unknown := [_scope(p) for p, _ in blockers if not p.selector.match_all]):
+            value = fld.value(root, scale)
+            terms = [fld.present(root), self.b.matches(entry, old), _violates(fld, value, bound)]
+            if scale and (unknown := [_scope(p) for p, _ in blockers if not p.selector.match_all]):
                 # Where a peer that selects by label could take our place, a Scale (no labels)
                 # is left to the webhook (NativeAdmission.webhook_condition).
-                terms.append(f"!(variables.scale && ({_any(unknown)}))")
+                terms.append(_not(_any(unknown)))
             for peer, peer_bound in blockers:
                 matched = self.b.matches(peer, old)
                 if peer_bound == bound or _stricter(peer_bound, bound, fld.floor):
-                    terms.append(f"!{matched}")  # violated whenever ours is
+                    terms.append(_not(matched))  # violated whenever ours is
                 else:
-                    terms.append(f"!({matched} && {_violates(fld, value, peer_bound)})")
+                    terms.append(_not(_all([matched, _violates(fld, value, peer_bound)])))
             return _all(terms)
 
         same = _all(
             [
                 "variables.update",
                 reports("oldObject", True),
-                f"{fld.value('oldObject')} == {fld.value('object')}",
+                f"{fld.value('oldObject', scale)} == {fld.value('object', scale)}",
             ]
         )
-        self._slot(entry.mode, fld.rule, reports("object", False), same, _bound_message(fld, entry, bound))
+        message = _bound_message(fld, entry, bound, scale)
+        gate = (fld.present("object"), _violates(fld, fld.value("object", scale), bound))
+        self._slot(entry.mode, fld.rule, reports("object", False), same, message, gate)
 
     def _models(self, entry: PolicyEntry) -> None:
         patterns = _patterns(entry)
@@ -736,11 +799,12 @@ class _Compiler:
             and _key(peer) < _key(entry)
         ]
 
+        def allowed(root: str) -> str:
+            return f"{root}.spec.model.matches({cel_string(_globs_regex(patterns))})"
+
         def reports(root: str, old: bool) -> str:
-            model = f"{root}.spec.model"
-            allowed = _any([f"{model}.matches({cel_string(glob_regex(p))})" for p in patterns])
-            terms = ["!variables.scale", self.b.matches(entry, old), f"!({allowed})"]
-            terms += [f"!{self.b.matches(peer, old)}" for peer in blockers]
+            terms = [self.b.matches(entry, old), _not(allowed(root))]
+            terms += [_not(self.b.matches(peer, old)) for peer in blockers]
             return _all(terms)
 
         same = _all(
@@ -748,8 +812,14 @@ class _Compiler:
         )
         head = cel_string('spec.model: "')
         tail = cel_string(f'" is not allowed by {entry.source} (allowed: {", ".join(patterns)})')
+        message = f"{head} + object.spec.model + {tail}"
         self._slot(
-            entry.mode, _MODEL_RULE, reports("object", False), same, f"{head} + object.spec.model + {tail}"
+            entry.mode,
+            _MODEL_RULE,
+            reports("object", False),
+            same,
+            message,
+            ("true", _not(allowed("object"))),
         )
 
     def _missing_with_default(self, entry: PolicyEntry, name: str) -> None:
@@ -786,15 +856,16 @@ class _Compiler:
             return expression
 
         def reports(root: str, old: bool) -> str:
-            terms = ["!variables.scale", f"!({fld.present(root)})", self.b.matches(entry, old)]
-            return _all(terms + [f"!{self.b.matches(peer, old)}" for peer in blockers])
+            terms = [_not(fld.present(root)), self.b.matches(entry, old)]
+            return _all(terms + [_not(self.b.matches(peer, old)) for peer in blockers])
 
-        same = _all(["variables.update", reports("oldObject", True), f"{filled(True)} == {filled(False)}"])
+        # The same default for both objects whenever no ceiling lowers it by labels: always equal.
+        equal = "true" if filled(True) == filled(False) else f"{filled(True)} == {filled(False)}"
+        same = _all(["variables.update", reports("oldObject", True), equal])
         head = cel_string(f"spec.limits.{name}: missing; the agentops mutating webhook fills in the default ")
         tail = cel_string(f" from {entry.source}, but it did not run on this request")
-        self._slot(
-            None, fld.rule, reports("object", False), same, f"{head} + string({filled(False)}) + {tail}"
-        )
+        message = f"{head} + string({filled(False)}) + {tail}"
+        self._slot(None, fld.rule, reports("object", False), same, message, (fld.present("object"), None))
 
     def _missing_without_default(self, name: str) -> None:
         """A missing limit no matching policy has a default for: denied whatever the policies."""
@@ -802,8 +873,8 @@ class _Compiler:
         providers = [peer for peer in self.peers if _default(peer, name) is not None]
 
         def reports(root: str, old: bool) -> str:
-            terms = ["!variables.scale", f"!({fld.present(root)})"]
-            return _all(terms + [f"!{self.b.matches(peer, old)}" for peer in providers])
+            terms = [_not(fld.present(root))]
+            return _all(terms + [_not(self.b.matches(peer, old)) for peer in providers])
 
         message = cel_string(
             f"spec.limits.{name}: missing, and no matching ClusterAgentPolicy or AgentPolicy sets "
@@ -811,7 +882,7 @@ class _Compiler:
         )
         same = _all(["variables.update", reports("oldObject", True)])
         # Excusing a rule keeps the defaults (policies.effective.without_rules): never excused.
-        self._slot(None, "", reports("object", False), same, message)
+        self._slot(None, "", reports("object", False), same, message, (fld.present("object"), None))
 
 
 # --- assembling the objects ---------------------------------------------------------------------------
@@ -903,11 +974,9 @@ def _vap(
     source: _Source,
     action: str,
     scale: bool,
-    variables: list[dict[str, str]],
+    conditions: list[dict[str, str]],
     validations: list[dict[str, Any]],
-    routing: _Routing,
 ) -> dict[str, Any]:
-    resources = ["agentdeployments", "agentdeployments/scale"] if scale else ["agentdeployments"]
     return {
         "apiVersion": ADMISSION_API_VERSION,
         "kind": "ValidatingAdmissionPolicy",
@@ -924,15 +993,14 @@ def _vap(
                     {
                         "apiGroups": [GROUP],
                         "apiVersions": [VERSION],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": resources,
+                        "operations": ["UPDATE"] if scale else ["CREATE", "UPDATE"],
+                        "resources": ["agentdeployments/scale" if scale else "agentdeployments"],
                     }
                 ],
             },
-            # Step aside whenever the validating webhook is called: one evaluator per request.
-            "matchConditions": [{"name": VAP_CONDITION_NAME, "expression": f"!({routing.validating})"}],
+            "matchConditions": conditions,
             # No spec.variables: they are inlined (see _inline).
-            "validations": _inline_all(variables, validations),
+            "validations": validations,
         },
     }
 
@@ -967,12 +1035,13 @@ def _inline(expression: str, definitions: Mapping[str, str], memo: dict[str, str
     return _REFERENCE.sub(substitute, expression)
 
 
-def _inline_all(variables: list[dict[str, str]], validations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _inline_all(variables: list[dict[str, str]], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``items`` (validations or matchConditions) with their expressions inlined (:func:`_inline`)."""
     definitions = {v["name"]: v["expression"] for v in variables}
     memo: dict[str, str] = {}
     out: list[dict[str, Any]] = []
-    for validation in validations:
-        inlined = dict(validation)
+    for item in items:
+        inlined = dict(item)
         for key in ("expression", "messageExpression"):
             if key in inlined:
                 inlined[key] = _inline(inlined[key], definitions, memo)
@@ -997,73 +1066,124 @@ def _binding(source: _Source, action: str) -> dict[str, Any]:
         },
         "spec": {
             "policyName": name,
-            "validationActions": [{"deny": "Deny", "warn": "Warn", "audit": "Audit"}[action]],
+            "validationActions": [
+                {"deny": "Deny", "warn": "Warn", "audit": "Audit"}[action.rsplit("-", 1)[-1]]
+            ],
             "matchResources": match,
         },
     }
 
 
 def _assemble(
-    source: _Source, scale: bool, builder: _Builder, slots: list[_Slot], routing: _Routing
-) -> Generated:
+    source: _Source, builder: _Builder, slots: list[_Slot], routing: _Routing
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The (VAP, binding) pairs of one source for one kind of object (``builder.scale``).
+
+    Each VAP carries two ``matchConditions``: the routing (:data:`VAP_CONDITION_NAME`, left out
+    when nothing is routed away) and :data:`FINDING_CONDITION_NAME`, "one of its findings is hit".
+    A request that draws no finding, nearly every one, is then settled by that short condition and
+    the validations (ratchet terms, peers, messages) are never evaluated: the API server plans an
+    expression's whole tree on every evaluation, so what is not evaluated is what is saved.
+    """
     fallback = f"a rule of {source.identity} is violated (agentops native admission)"
-    by_action: dict[str, tuple[list[dict[str, str]], list[dict[str, Any]]]] = {}
+    by_action: dict[str, tuple[list[_Slot], list[dict[str, Any]]]] = {}
     errors = [s for s in slots if s.mode in ("Enforce", None)]
     if errors:
-        denials = "[" + ", ".join(f"{s.hit} && !{s.same_before} ? {s.message} : ''" for s in errors) + "]"
+        denied = [_all([s.hit, _not(s.same_before)]) for s in errors]
+        denials = (
+            "[" + ", ".join(f"{d} ? {s.message} : ''" for d, s in zip(denied, errors, strict=True)) + "]"
+        )
         validation = {
-            "expression": _all(f"!({s.hit} && !{s.same_before})" for s in errors),
+            "expression": _all(_not(d) for d in denied),
             "messageExpression": f"{denials}.filter(m, m != '').join('; ')",
             "message": fallback,
             "reason": "Forbidden",  # the webhook's 403, not the default 422 Invalid
         }
-        by_action["deny"] = (builder.variables, [validation])
+        by_action["deny"] = (errors, [validation])
+    warned = [s for s in slots if s.mode == "Warn"]
     warnings = [
-        {"expression": f"!{s.hit}", "messageExpression": s.message, "message": fallback}
-        for s in slots
-        if s.mode == "Warn"
+        {"expression": _not(s.hit), "messageExpression": s.message, "message": fallback} for s in warned
     ]
     warnings += [
         {
-            "expression": f"!({s.hit} && {s.same_before})",
+            "expression": _not(_all([s.hit, s.same_before])),
             "messageExpression": f"{s.message} + {cel_string(RATCHET_NOTE)}",
             "message": fallback,
         }
         for s in errors
     ]
     if warnings:
-        by_action["warn"] = (builder.variables, warnings)
-    audits = [
-        {"expression": f"!{s.hit}", "messageExpression": s.message, "message": fallback}
-        for s in slots
-        if s.mode == "Audit"
-    ]
-    if audits:
-        by_action["audit"] = (builder.variables, audits)
+        by_action["warn"] = (warned + errors, warnings)
+    audited = [s for s in slots if s.mode == "Audit"]
+    if audited:
+        by_action["audit"] = (
+            audited,
+            [
+                {"expression": _not(s.hit), "messageExpression": s.message, "message": fallback}
+                for s in audited
+            ],
+        )
+    route = routing.vap_scale if builder.scale else routing.vap
+    pairs = []
+    for action, (reported, validations) in by_action.items():
+        conditions = [{"name": VAP_CONDITION_NAME, "expression": route}] if route != "true" else []
+        conditions.append({"name": FINDING_CONDITION_NAME, "expression": _gate(reported)})
+        name = f"scale-{action}" if builder.scale else action
+        vap = _vap(
+            source,
+            name,
+            builder.scale,
+            _inline_all(builder.variables, conditions),
+            _inline_all(builder.variables, validations),
+        )
+        pairs.append((vap, _binding(source, name)))
+    return pairs
+
+
+def _gate(slots: Iterable[_Slot]) -> str:
+    """CEL: one of ``slots`` may be hit.  Per field, once: "missing, or over any bound"."""
+    by_field: dict[str, list[str | None]] = {}
+    for slot in slots:
+        present, violation = slot.gate
+        by_field.setdefault(present, []).append(violation)
+    terms: list[str] = []
+    for present, violations in by_field.items():
+        violated = _any(dict.fromkeys(v for v in violations if v is not None))
+        terms.append(_any([_not(present), violated]) if None in violations else _all([present, violated]))
+    return _any(terms)
+
+
+def _generated(source: _Source, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> Generated:
     return Generated(
         source=source.identity,
         labels=dict(source.labels),
-        policies=tuple(
-            _vap(source, action, scale, v, checks, routing) for action, (v, checks) in by_action.items()
-        ),
-        bindings=tuple(_binding(source, action) for action in by_action),
+        policies=tuple(vap for vap, _ in pairs),
+        bindings=tuple(binding for _, binding in pairs),
     )
 
 
 def _for_entry(entry: PolicyEntry, context: _Context, options: Options, routing: _Routing) -> Generated:
-    scale = _decides_scale(entry)
-    builder = _Builder(scale=scale)
-    slots = _Compiler(entry, context, builder).compile()
-    return _assemble(_source_of(entry, options), scale, builder, slots, routing)
+    source = _source_of(entry, options)
+    # The Scale's VAPs first: applied in this order (and seen by the API server's watch in order),
+    # a ceiling in force on AgentDeployments is in force on their Scales too.
+    builders = [*([_Builder(scale=True)] if _decides_scale(entry) else []), _Builder(scale=False)]
+    pairs = []
+    for builder in builders:
+        slots = _Compiler(entry, context, builder).compile()
+        pairs += _assemble(source, builder, slots, routing)
+    return _generated(source, pairs)
 
 
 def _baseline(context: _Context, options: Options, routing: _Routing) -> Generated:
+    source = _source_of(None, options)
     builder = _Builder(scale=False)
     slots = _Compiler(None, context, builder).compile()
-    return _assemble(_source_of(None, options), False, builder, slots, routing)
+    return _generated(source, _assemble(source, builder, slots, routing))
 
 
-def _webhook_condition(context: _Context) -> str:
+def _webhook_terms(context: _Context) -> tuple[str, str]:
+    """CEL: the agents an in-force exception names; the namespaces whose Scales a replica ceiling
+    that selects agents by label may apply to (``NativeAdmission.webhook_condition``'s parts)."""
     agents: dict[str, set[str]] = {}
     for by_ns in context.excused.values():
         for ns, names in by_ns.items():
@@ -1079,13 +1199,7 @@ def _webhook_condition(context: _Context) -> str:
         if not entry.selector.match_all:
             # Its own VAPs skip Scales, and its peers' skip them where it can apply.
             scopes.append(_scope(entry, webhook=True))
-    if scopes:
-        terms.append(
-            f"has(request.subResource) && request.subResource == 'scale' && ({_any(sorted(set(scopes)))})"
-        )
-    if not terms:
-        return "false"
-    return f"request.resource.resource == 'agentdeployments' && ({_any(terms)})"
+    return _any(terms), _any(sorted(set(scopes)))
 
 
 # --- routing: which evaluator judges a request ---------------------------------------------------------
@@ -1093,7 +1207,7 @@ def _webhook_condition(context: _Context) -> str:
 # The API server runs the VAPs and both webhooks on the same request; the webhooks' matchConditions
 # and the VAPs' own decide which of them speaks, so no message comes twice in two wordings.  These
 # expressions run in a webhook's matchConditions (no ``variables``, no ``namespaceObject``) and in a
-# VAP's; the mutating one sees the object before schema validation, hence the ``has()`` guards.
+# VAP's; the mutating one sees the object before schema validation, hence the guards (``has()``, optionals).
 # ``||`` and ``&&`` absorb an error when the other side decides (CEL), which the CREATE terms rely
 # on (``oldObject`` is null there).
 
@@ -1104,22 +1218,20 @@ _UPDATE = "request.operation == 'UPDATE'"
 _LABELS = "(has(object.metadata.labels) ? object.metadata.labels : {})"
 
 
-def _annotations(root: str) -> str:
-    return f"(has({root}.metadata.annotations) ? {root}.metadata.annotations : {{}})"
+def _annotations_changed(keys: Sequence[str]) -> str:
+    """CEL: one of the annotations ``keys`` differs between ``object`` and ``oldObject``."""
+
+    def differs(k: str) -> str:
+        # Optionals: "absent before, present now" differs, "absent in both" does not.
+        return f"object.metadata.?annotations[?{k}] != oldObject.metadata.?annotations[?{k}]"
+
+    if len(keys) == 1:
+        return differs(cel_string(keys[0]))
+    return f"{_cel_list(keys)}.exists(k, {differs('k')})"
 
 
-def _prompt(root: str) -> str:
-    return f"(has({root}.spec) && has({root}.spec.systemPrompt) ? {root}.spec.systemPrompt : '')"
-
-
-def _annotations_changed(keys: Iterable[str]) -> str:
-    new, old = _annotations("object"), _annotations("oldObject")
-    return (
-        f"{_cel_list(keys)}.exists(k, (k in {new}) != (k in {old}) || (k in {new} && {new}[k] != {old}[k]))"
-    )
-
-
-_PROMPT_CHANGED = f"{_prompt('object')} != {_prompt('oldObject')}"
+# A missing prompt reads as the empty one, as the engine reads it.
+_PROMPT_CHANGED = "object.?spec.?systemPrompt.orValue('') != oldObject.?spec.?systemPrompt.orValue('')"
 _STAMPS_CHANGED = _annotations_changed(STAMPED_ANNOTATIONS)
 _REASON_CHANGED = _annotations_changed([CHANGE_REASON])
 _LIMIT_MISSING = _any(
@@ -1132,27 +1244,32 @@ class _Routing:
     residual: str  # NativeAdmission.webhook_condition
     validating: str
     mutating: str
+    #: ``!validating`` as a VAP for AgentDeployments (``vap``) or for Scales (``vap_scale``)
+    #: evaluates it: what cannot hold there (another kind, a namespace its binding does not match,
+    #: the other one of the two) left out, so it costs only what can matter.
+    vap: str = "true"
+    vap_scale: str = "true"
 
     @staticmethod
     def of(context: _Context, options: Options) -> _Routing:
-        residual = _webhook_condition(context)
+        excused, scale_scopes = _webhook_terms(context)
+        residual = _all([_AGENTS, _any([excused, _all([_SCALE, scale_scopes])])])
         elsewhere = (
             [f"!(request.namespace in {_cel_list(sorted(options.namespaces))})"] if options.namespaces else []
         )
         reasons = _reason_scopes(context)
-        validating = _any(
-            [
-                f"!({_AGENTS})",
-                *elsewhere,
-                *([residual] if residual != "false" else []),
-                f"{_UPDATE} && !({_SCALE}) && ({_PROMPT_CHANGED} || {_STAMPS_CHANGED})",
-                *([f"{_CREATE} && ({reasons})"] if reasons != "false" else []),
-            ]
-        )
-        why_mutate = [_CREATE, *([residual] if residual != "false" else [])]
-        why_mutate += [_PROMPT_CHANGED, _REASON_CHANGED, _STAMPS_CHANGED, _LIMIT_MISSING]
+        changed = f"{_UPDATE} && ({_PROMPT_CHANGED} || {_STAMPS_CHANGED})"
+        created = _all([_CREATE, reasons])
+        validating = _any([f"!({_AGENTS})", *elsewhere, residual, _all([_not(_SCALE), changed]), created])
+        why_mutate = [_CREATE, residual, _PROMPT_CHANGED, _REASON_CHANGED, _STAMPS_CHANGED, _LIMIT_MISSING]
         mutating = _any([f"!({_AGENTS})", *elsewhere, f"!({_SCALE}) && ({_any(why_mutate)})"])
-        return _Routing(residual=residual, validating=validating, mutating=mutating)
+        return _Routing(
+            residual=residual,
+            validating=validating,
+            mutating=mutating,
+            vap=_not(_any([excused, changed, created])),
+            vap_scale=_not(_any([excused, scale_scopes])),
+        )
 
 
 def _reason_scopes(context: _Context) -> str:

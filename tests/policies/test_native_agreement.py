@@ -24,13 +24,13 @@ labels) is named per case (``webhook``): the engine's messages on those fields a
 server must say nothing about them, and ``NativeAdmission.webhook_condition`` must hold for the
 request (a probe VAP reports it).
 
-Routing (one evaluator per request): every generated VAP carries ``!validating_condition`` as its
+Routing (one evaluator per request): every generated VAP carries ``!validating_condition`` in its
 ``matchConditions``, so it is silent whenever the validating webhook is called.  Here the VAPs are
-installed *without* them, so their verdicts are compared with the engine's on every case (routed or
-not), and two more probe VAPs report, per request, whether the validating and the mutating
-webhook's conditions hold; they must be what :func:`routed` and :func:`mutating_webhook_called`
-(the design, in Python) say.  The harness mutates a request only when the mutating webhook would
-be called, as the API server does.
+installed *without* that entry (their other one, "has a finding", stays: it is part of the verdict),
+so their verdicts are compared with the engine's on every case (routed or not), and two more probe
+VAPs report, per request, whether the validating and the mutating webhook's conditions hold; they
+must be what :func:`routed` and :func:`mutating_webhook_called` (the design, in Python) say.  The
+harness mutates a request only when the mutating webhook would be called, as the API server does.
 
 Harness, not generator: every scenario gets namespaces of its own, labelled ``agentops-test/scenario``;
 its generated objects are renamed with the scenario's prefix and their bindings narrowed to that
@@ -72,6 +72,7 @@ from localstack.controlplane import ControlPlane
 from policies.effective import LIMIT_NAMES
 from policies.engine import RATCHET_NOTE, Decision, PolicySet, validate
 from policies.native import (
+    FINDING_CONDITION_NAME,
     GENERATED_LABEL,
     SOURCE_ANNOTATION,
     VAP_CONDITION_NAME,
@@ -695,10 +696,15 @@ class Harness:
             if obj["kind"] == "ValidatingAdmissionPolicy":
                 source = obj["metadata"].get("annotations", {}).get(SOURCE_ANNOTATION, "")
                 self.owner_of_vap[obj["metadata"]["name"]] = source
-                # Judged on every case; the routing is the probes' (module docstring).
+                # Judged on every case; the routing is the probes' (module docstring).  The other
+                # condition, "has a finding", stays: it is part of the VAP's verdict.
                 if source:
-                    conditions = obj["spec"].pop("matchConditions")
-                    assert [c["name"] for c in conditions] == [VAP_CONDITION_NAME]
+                    conditions = obj["spec"]["matchConditions"]
+                    assert {c["name"] for c in conditions} <= {VAP_CONDITION_NAME, FINDING_CONDITION_NAME}
+                    assert conditions[-1]["name"] == FINDING_CONDITION_NAME
+                    obj["spec"]["matchConditions"] = [
+                        c for c in conditions if c["name"] != VAP_CONDITION_NAME
+                    ]
                 out.append(obj)
                 continue
             obj["spec"]["policyName"] = prefix + obj["spec"]["policyName"]
@@ -1056,8 +1062,12 @@ def test_generated_objects_are_named_and_labelled_for_cleanup() -> None:
     select exactly its own objects (what the controller deletes with the policy)."""
     long_name = "a" * 250
     policies = PolicySet(
-        cluster=(cluster_policy(long_name, replicas={"max": 1}), cluster_policy("org", replicas={"max": 2})),
-        namespaced=(agent_policy("org", namespace="team", replicas={"max": 1}),),
+        # Distinct rules: a bound a stricter peer always eclipses generates nothing (folded away).
+        cluster=(
+            cluster_policy(long_name, replicas={"max": 1}),
+            cluster_policy("org", prompts={"maxBytes": 9}),
+        ),
+        namespaced=(agent_policy("org", namespace="team", models={"allowed": ["claude-*"]}),),
     )
     native = generate(policies, now=NOW)
     names = [obj["metadata"]["name"] for obj in native.objects()]
