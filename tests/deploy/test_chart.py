@@ -169,13 +169,20 @@ def test_replicas(helm: Path) -> None:
     assert find(docs, "PodDisruptionBudget", "agentops-webhook")["spec"]["minAvailable"] == 1
 
 
-def test_native_admission_is_opt_in(helm: Path) -> None:
-    assert (
-        "--native-admission"
-        not in container(helm_template(helm), "Deployment", "agentops-controller")["args"]
-    )
+def admission_rules(role: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in role["rules"] if r["apiGroups"] == ["admissionregistration.k8s.io"]]
+
+
+def test_native_admission_is_opt_in_with_its_rights(helm: Path) -> None:
+    default = helm_template(helm)
+    assert "--native-admission" not in container(default, "Deployment", "agentops-controller")["args"]
+    # Least privilege: without native admission the controller may not touch admission objects.
+    assert admission_rules(find(default, "ClusterRole", "agentops-controller")) == []
     docs = helm_template(helm, {"controller.nativeAdmission": "true"})
     assert "--native-admission" in container(docs, "Deployment", "agentops-controller")["args"]
+    # The same rights a kustomize install grants with deploy/native-admission/rbac.yaml.
+    role = next(yaml.safe_load_all((DEPLOY / "native-admission" / "rbac.yaml").read_text()))
+    assert admission_rules(find(docs, "ClusterRole", "agentops-controller")) == role["rules"]
 
 
 def test_a_single_webhook_replica_gets_no_disruption_budget(helm: Path) -> None:
