@@ -211,10 +211,13 @@ def test_a_renewal_by_another_replica_is_picked_up_through_the_secret_watch(
         )
         renewed = b.ensure()
         assert renewed.serving != first.serving
+        # A writes the files it serves, then records the bundle as current: wait for both.
         eventually(
-            "A picks up B's renewal", lambda: load_dir(tmp_path / "a") == renewed, within=15, interval=0.05
+            "A picks up B's renewal",
+            lambda: load_dir(tmp_path / "a") == renewed and a.current == renewed,
+            within=15,
+            interval=0.05,
         )
-        assert a.current == renewed
     finally:
         rotation.stop()
     for thread in rotation.threads:  # stopping closes the watch connection at once
