@@ -24,33 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from localstack.controlplane import ControlPlane
 from tests.controller.conftest import ControllerProcess, controller_argv
+from tests.controller.test_scan_cluster import AGENT, POLICY
 from tests.support.kubectl import Kubectl
 from tests.support.waiting import eventually
-
-AGENT = """\
-apiVersion: agentops.agentops.io/v1alpha1
-kind: AgentDeployment
-metadata:
-  name: {name}
-spec:
-  replicas: 1
-  model: claude-sonnet-4-20250514
-  systemPrompt: "You answer briefly."
-  limits: {{maxTokensPerCall: 8000, maxConcurrentTasks: 2, timeoutSeconds: 30}}
-"""
-
-POLICY = """\
-apiVersion: agentops.agentops.io/v1alpha1
-kind: ClusterAgentPolicy
-metadata:
-  name: {name}
-spec:
-  mode: Enforce
-  namespaceSelector:
-    matchLabels: {{kubernetes.io/metadata.name: {namespace}}}
-  limits:
-    maxTokensPerCall: {{max: {max_tokens}}}
-"""
 
 LISTENING = re.compile(r"serving metrics on http://([0-9.]+:\d+)/metrics")
 
