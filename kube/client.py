@@ -14,11 +14,13 @@ what an event loop needs: reads and watches (:mod:`kube.watch` builds the reflec
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +38,8 @@ JSON_PATCH = "application/json-patch+json"
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 METADATA_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+#: Recent Events whose count a process remembers (client-go's recorder keeps 4096 too).
+EVENT_COUNT_CACHE = 4096
 
 Query = Mapping[str, str] | Sequence[tuple[str, str]]
 
@@ -251,6 +255,9 @@ class Client(_Base):
             trust_env=False,
         )
         self._discovery = _Discovery()
+        self._events_lock = threading.Lock()
+        #: How often this process posted each recent Event (a PATCH sets the count; it cannot add).
+        self._event_counts: OrderedDict[str, int] = OrderedDict()
 
     def close(self) -> None:
         self._http.close()
@@ -401,10 +408,31 @@ class Client(_Base):
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str, *, component: str
     ) -> None:
         """A core/v1 Event about ``involved`` (an object's JSON).  An Event is a courtesy: a failure
-        to post one is swallowed, never allowed to fail the work it reports on."""
+        to post one is swallowed, never allowed to fail the work it reports on.
+
+        Repeats aggregate the way client-go's recorder does: the same object, reason and message
+        name the same Event, so a second post (a retry, or two reconciliations racing) raises its
+        ``count`` and ``lastTimestamp`` (``kubectl describe`` shows "x2 over 5s") instead of
+        adding a line.
+        """
+        body = event_body(involved, type_, reason, message, component)
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
         with contextlib.suppress(ApiError, httpx.HTTPError):
-            self.request("POST", path("v1", "events", namespace=involved["metadata"]["namespace"]),
-                         event_body(involved, type_, reason, message, component))  # fmt: skip
+            try:
+                self.request("POST", path("v1", "events", namespace=namespace), body)
+                count = 1
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                with self._events_lock:
+                    count = self._event_counts.get(name, 1) + 1
+                self.merge_patch(path("v1", "events", name, namespace=namespace),
+                                 {"count": count, "lastTimestamp": body["lastTimestamp"]})  # fmt: skip
+            with self._events_lock:
+                self._event_counts[name] = count
+                self._event_counts.move_to_end(name)
+                while len(self._event_counts) > EVENT_COUNT_CACHE:
+                    self._event_counts.popitem(last=False)
 
     # --- CRDs -------------------------------------------------------------------------------
 
@@ -540,10 +568,14 @@ def event_body(
 ) -> dict[str, Any]:
     meta = involved.get("metadata") or {}
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = message[:1024]
+    # One name per (object, type, reason, message, source): what makes two Events "the same".
+    key = "\0".join(str(part) for part in (meta.get("uid"), type_, reason, message, component))
+    name = f"{str(meta.get('name', 'agentops'))[:200]}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{meta.get('name', 'agentops')}.", "namespace": meta["namespace"]},
+        "metadata": {"name": name, "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": involved.get("apiVersion"),
             "kind": involved.get("kind"),
@@ -553,7 +585,7 @@ def event_body(
         },
         "type": type_,
         "reason": reason,
-        "message": message[:1024],
+        "message": message,
         "source": {"component": component},
         "firstTimestamp": now,
         "lastTimestamp": now,

@@ -98,6 +98,14 @@ def test_post_event_lands_on_the_object(k8s_api: kube.Client, namespace: str) ->
     )
     assert [(e["reason"], e["type"], len(e["message"])) for e in events] == [("TestReason", "Warning", 1024)]
     assert events[0]["involvedObject"]["uid"] == created["metadata"]["uid"]
+    # The same Event again aggregates into one, counted; a different message is a new Event.
+    k8s_api.post_event(created, "Warning", "TestReason", "x" * 2000, component=MANAGER)
+    k8s_api.post_event(created, "Warning", "TestReason", "x" * 2000, component=MANAGER)
+    k8s_api.post_event(created, "Warning", "TestReason", "y", component=MANAGER)
+    events = k8s_api.list_items(
+        kube.path("v1", "events", namespace=namespace), field_selector="involvedObject.name=a1"
+    )
+    assert sorted((e["message"][0], e["count"]) for e in events) == [("x", 3), ("y", 1)]
     # Posting about something in a namespace that does not exist fails, and is swallowed.
     k8s_api.post_event({"metadata": {"name": "x", "namespace": "no-such-namespace"}}, "Normal", "R", "m",
                        component=MANAGER)  # fmt: skip
