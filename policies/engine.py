@@ -28,6 +28,7 @@ from policies.rules.base import Rules
 from policies.verdict import RATCHET_NOTE, Finding, decide, excused
 
 __all__ = [
+    "MUTATED_KINDS",
     "RATCHET_NOTE",
     "AdmissionRequest",
     "AllowList",
@@ -54,6 +55,8 @@ RULES: Mapping[str, Rules[Any]] = {
     "Scale": scale.RULES,
 }
 KINDS = tuple(RULES)
+#: The kinds :func:`mutate` may change; for every other kind it allows the request unchanged.
+MUTATED_KINDS = tuple(kind for kind, rules in RULES.items() if rules.mutate is not None)
 
 
 def effective_policy(

@@ -7,10 +7,13 @@ URL form (``https://127.0.0.1:PORT``) with :func:`register`.
 
 Choices (see docs/webhook.md for the reasoning):
 
-- rules match only our group, every kind of ours (``contracts.resources.RESOURCES``, so a new kind
-  cannot be left ungated) plus ``agentdeployments/scale``, CREATE and UPDATE, the same for both
-  webhooks; ``status`` is not matched: it is the controller's, and gating it would only add latency.
-  AgentPolicyExceptions go through validation like the rest: policy decides whether one may exist;
+- rules match only our group, CREATE and UPDATE.  Validation matches every kind of ours
+  (``contracts.resources.RESOURCES``, so a new kind cannot be left ungated) plus
+  ``agentdeployments/scale``; AgentPolicyExceptions go through it like the rest: policy decides
+  whether one may exist.  Mutation matches only the kinds the engine changes
+  (``policies.engine.MUTATED_KINDS``: AgentDeployments, not their Scales): any other match would
+  be a network hop that always answers "allowed, unchanged".  ``status`` is not matched: it is
+  the controller's, and gating it would only add latency;
 - ``matchPolicy: Equivalent``, ``sideEffects: None`` (a dry run changes nothing anywhere),
   ``timeoutSeconds: 5``, ``admissionReviewVersions: [v1]``;
 - both webhooks ``failurePolicy: Fail``: validation because it is the enforcement point, mutation
@@ -34,6 +37,7 @@ from typing import Any
 
 import kube
 from contracts.resources import GROUP, RESOURCE_BY_PLURAL, VERSION, Resource
+from policies.engine import MUTATED_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +48,18 @@ VALIDATING_WEBHOOK = f"validate.{GROUP}"
 TIMEOUT_SECONDS = 5
 
 
-def _resources(namespaced: bool) -> list[str]:
+def _resources(namespaced: bool, *, mutating: bool = False) -> list[str]:
     out: list[str] = []
     for plural, resource in sorted(RESOURCE_BY_PLURAL.items()):
-        if _is_namespaced(resource) == namespaced:
-            out.append(plural)
-            if plural == "agentdeployments":
-                out.append("agentdeployments/scale")
+        if _is_namespaced(resource) != namespaced:
+            continue
+        if mutating:
+            if resource.KIND in MUTATED_KINDS:
+                out.append(plural)
+            continue
+        out.append(plural)
+        if plural == "agentdeployments":
+            out.append("agentdeployments/scale")
     return out
 
 
@@ -58,10 +67,15 @@ def _is_namespaced(resource: type[Resource]) -> bool:
     return resource.NAMESPACED
 
 
-def rules(scope: str = "*") -> list[dict[str, Any]]:
-    """Admission rules for our resources; ``scope`` Namespaced/Cluster splits them, ``*`` is all."""
-    both = scope == "*"
-    resources = _resources(True) + _resources(False) if both else _resources(scope == "Namespaced")
+def rules(scope: str = "*", *, mutating: bool = False) -> list[dict[str, Any]]:
+    """Admission rules for our resources (``mutating``: the mutating webhook's); ``scope``
+    Namespaced/Cluster splits them, ``*`` is all.  Empty when nothing in ``scope`` is matched."""
+    if scope == "*":
+        resources = _resources(True, mutating=mutating) + _resources(False, mutating=mutating)
+    else:
+        resources = _resources(scope == "Namespaced", mutating=mutating)
+    if not resources:
+        return []
     return [
         {
             "apiGroups": [GROUP],
@@ -122,20 +136,36 @@ def _webhooks(
         ]
     }
     if scope_label is None:
-        return [{"name": base_name, **common, "rules": rules("*"), "namespaceSelector": exclude_system}]
+        return [
+            {
+                "name": base_name,
+                **common,
+                "rules": rules("*", mutating=mutating),
+                "namespaceSelector": exclude_system,
+            }
+        ]
     key, value = scope_label
     # namespaceSelector does not apply to cluster-scoped objects, so those are scoped by their
-    # own labels in a second webhook entry.
+    # own labels in a second webhook entry (when any is matched).
     selector = {"matchLabels": {key: value}, **exclude_system}
-    return [
-        {"name": base_name, **common, "rules": rules("Namespaced"), "namespaceSelector": selector},
+    hooks = [
         {
-            "name": f"cluster-{base_name}",
+            "name": base_name,
             **common,
-            "rules": rules("Cluster"),
-            "objectSelector": {"matchLabels": {key: value}},
-        },
+            "rules": rules("Namespaced", mutating=mutating),
+            "namespaceSelector": selector,
+        }
     ]
+    if cluster := rules("Cluster", mutating=mutating):
+        hooks.append(
+            {
+                "name": f"cluster-{base_name}",
+                **common,
+                "rules": cluster,
+                "objectSelector": {"matchLabels": {key: value}},
+            }
+        )
+    return hooks
 
 
 def configurations(

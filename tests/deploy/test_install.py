@@ -171,4 +171,4 @@ def test_the_webhook_never_gates_its_own_namespace(fresh_cluster: Kubectl) -> No
     )
     assert inside.returncode == 0, inside.stderr
     assert outside.returncode != 0
-    assert 'failed calling webhook "mutate.agentops.agentops.io"' in outside.stderr
+    assert 'failed calling webhook "validate.agentops.agentops.io"' in outside.stderr

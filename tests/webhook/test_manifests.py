@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from contracts.resources import RESOURCE_BY_PLURAL
+from policies import engine
+from policies.review import ALLOW, AdmissionRequest, PolicySet, UserInfo
 from tests.support.kubectl import Kubectl
 from webhook.registration import ClientConfig, configurations
 
@@ -53,11 +57,32 @@ def test_configurations_have_the_required_settings() -> None:
         (rule,) = hook["rules"]
         assert rule["apiGroups"] == ["agentops.agentops.io"]
         assert rule["operations"] == ["CREATE", "UPDATE"]
-        assert set(rule["resources"]) == {
-            "agentdeployments", "agentdeployments/scale", "agentpipelines", "agentpolicies",
-            "agentpolicyexceptions", "agentpromptrevisions", "clusteragentpolicies",
-        }  # fmt: skip
+    # Every kind of ours is validated; only what the engine mutates is sent to the mutating webhook.
+    assert set(validating["webhooks"][0]["rules"][0]["resources"]) == {
+        "agentdeployments", "agentdeployments/scale", "agentpipelines", "agentpolicies",
+        "agentpolicyexceptions", "agentpromptrevisions", "clusteragentpolicies",
+    }  # fmt: skip
+    assert mutating["webhooks"][0]["rules"][0]["resources"] == ["agentdeployments"]
     assert mutating["webhooks"][0]["reinvocationPolicy"] == "IfNeeded"
+
+
+def test_the_mutating_webhook_matches_exactly_the_kinds_the_engine_mutates() -> None:
+    """A kind the engine leaves alone would cost a hop that always answers "unchanged"; a kind it
+    changes but the rules miss would never be filled in or stamped."""
+    mutated = {k for k, rules in engine.RULES.items() if rules.mutate is not None}
+    assert mutated == {"AgentDeployment"}
+    mutating, _ = configurations(ClientConfig(url="https://127.0.0.1:1"))
+    (rule,) = mutating["webhooks"][0]["rules"]
+    matched = {RESOURCE_BY_PLURAL[plural].KIND for plural in rule["resources"]}
+    assert matched == mutated
+    # Unmatched kinds and Scales are allowed unchanged by mutate, so leaving them out loses nothing.
+    for kind in set(engine.RULES) - mutated:
+        request = AdmissionRequest(
+            uid="u", kind=kind, operation="CREATE", namespace="ns", name="x", object={},
+            old_object=None, user=UserInfo(username="u"), now=datetime.now(UTC),
+            sub_resource="scale" if kind == "Scale" else None,
+        )  # fmt: skip
+        assert engine.mutate(request, PolicySet()) == ALLOW
 
 
 def test_rbac_has_no_wildcards_and_names_its_secret_and_configurations() -> None:
