@@ -434,7 +434,8 @@ def test_secret_mode_fills_the_secret_injects_the_ca_bundle_and_admits(
             config = k8s_api.request("GET", kube.path(ADMISSION, f"{kind}webhookconfigurations", name))
             # Each webhook entry (the validating one has a second for cluster-scoped kinds).
             bundles = [hook["clientConfig"]["caBundle"] for hook in config["webhooks"]]
-            assert bundles == [stored["ca.crt"]] * len(bundles) and bundles
+            assert bundles
+            assert bundles == [stored["ca.crt"]] * len(bundles)
         label_namespace(k8s_api, namespace, SECRET_MODE_LABEL)
         defaults = {
             "maxTokensPerCall": {"default": DEFAULT_TOKENS},
