@@ -13,6 +13,12 @@ can no longer resolve it and leaves its dependents behind.
 
 It never touches another operator's finalizers, nor kopf's peering CRDs while another kopf
 operator's peering object still uses them.
+
+Native admission (``--native-admission`` on the controller, docs/native-admission.md) leaves
+cluster-scoped objects no install tool knows of: the generated ValidatingAdmissionPolicies and
+bindings, and a routing condition on the webhooks.  ``--crds`` withdraws them last
+(:func:`controller.native.withdraw`); ``--native-admission`` does only that, for turning the mode
+off without uninstalling.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from contracts.resources import (
     AgentDeployment,
     AgentPipeline,
 )
+from controller import native
 from kube.cli import add_kube_arguments
+from webhook.registration import DEFAULT_NAME as DEFAULT_CONFIGURATION
 
 #: Deleted in this order: a pipeline names agents, so pipelines go first.
 WORKLOADS = (AgentPipeline.PLURAL, AgentDeployment.PLURAL)
@@ -64,6 +72,18 @@ def register(subparsers: Any) -> None:
         "--crds",
         action="store_true",
         help="then delete agentops' CRDs (every object of their kinds goes with them)",
+    )
+    parser.add_argument(
+        "--native-admission",
+        action="store_true",
+        help="only withdraw native admission, once the controller runs without --native-admission: remove "
+        "the webhooks' routing condition, then delete the generated admission policies (done by --crds too)",
+    )
+    parser.add_argument(
+        "--webhook-configuration",
+        default=DEFAULT_CONFIGURATION,
+        metavar="NAME",
+        help=f"the webhook configurations' name (default {DEFAULT_CONFIGURATION})",
     )
     parser.add_argument(
         "--wait",
@@ -173,10 +193,21 @@ def _uninstall(args: argparse.Namespace) -> int:
     if args.wait < 0:
         print("agentops uninstall: --wait must be 0 or more seconds", file=sys.stderr)
         return 2
+    if args.native_admission and (args.crds or args.namespace):
+        print(
+            "agentops uninstall: --native-admission only withdraws native admission; drop --crds and -n",
+            file=sys.stderr,
+        )
+        return 2
     api, _default = api_and_namespace(args)
+    if args.native_admission:
+        _withdraw_native_admission(api, args.webhook_configuration)
+        return 0
     our_crds = [f"{r.PLURAL}.{GROUP}" for r in RESOURCES]
     if not any(_served(api, crd) for crd in our_crds):
-        print("agentops uninstall: no agentops CRD is installed; nothing to do")
+        print("agentops uninstall: no agentops CRD is installed")
+        if args.crds:
+            _withdraw_native_admission(api, args.webhook_configuration)
         return 0
     deleted: list[str] = []
     for plural in WORKLOADS:
@@ -210,7 +241,20 @@ def _uninstall(args: argparse.Namespace) -> int:
     left = _wait_gone(api, crd_paths, "CRD", timeout=5.0)
     print(f"deleted {len(our_crds) - len(left)} CRDs of {GROUP}")
     _remove_peering(api)
+    _withdraw_native_admission(api, args.webhook_configuration)
     return 1 if left else 0
+
+
+def _withdraw_native_admission(api: kube.Client, configuration: str) -> None:
+    patched, deleted = native.withdraw(api, configuration)
+    if patched:
+        print(f"removed native admission's routing condition from {patched} webhook configurations")
+    if deleted:
+        print(f"deleted {len(deleted)} generated admission policies and bindings:")
+        for name in deleted:
+            print(f"  {name}")
+    if not patched and not deleted:
+        print("native admission: nothing generated to withdraw")
 
 
 def _remove_peering(api: kube.Client) -> None:

@@ -26,6 +26,10 @@ regeneration only keeps the expired exception's agents routed to the webhook, wh
 counts the exception as expired.  Only the leader regenerates (kopf runs handlers on the leader
 only; see :mod:`controller.scan`).  A failure is logged and retried with backoff; it never stops
 the operator.
+
+Turning it off is :func:`withdraw`'s (``agentops uninstall --crds`` or ``--native-admission``, run
+once no controller with ``--native-admission`` is left): the webhooks' condition removed first,
+then every generated object.
 """
 
 from __future__ import annotations
@@ -222,6 +226,49 @@ def _exactly(_current: str | None, wanted: str) -> str:
     return wanted
 
 
+# --- turning it off ----------------------------------------------------------------------------
+
+
+def withdraw(api: kube.Client, configuration: str) -> tuple[int, list[str]]:
+    """Undo native admission, for when no controller runs it any more (``agentops uninstall``):
+    remove our ``matchConditions`` entry from the two webhook configurations, so the webhook is
+    called for everything it matches again, and only then delete every generated binding and VAP
+    (bindings first).  In that order no request is ever left to neither; left as they are, the
+    generated policies would keep judging with the policies of the day they were last written,
+    and a narrowed webhook would leave their share to nobody once they are gone.
+
+    Returns (webhook configurations patched, ``Kind/name`` of each object deleted).
+    """
+    patched = sum(_patch_configuration(api, kind, configuration, release_patch) for kind in WEBHOOK_PLURALS)
+    deleted: list[str] = []
+    for kind in (BINDING_KIND, POLICY_KIND):
+        path = kube.path(ADMISSION, PLURALS[kind])
+        for item in api.list_items(path, label_selector=GENERATED_SELECTOR, metadata_only=True):
+            name = str(item["metadata"]["name"])
+            if api.delete(f"{path}/{name}"):
+                deleted.append(f"{kind}/{name}")
+    return patched, deleted
+
+
+def release_patch(configuration: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """JSON patch operations removing our condition from every webhook that has it (the others'
+    conditions kept), conditional on the configuration's version; empty when none has it."""
+    ops: list[dict[str, Any]] = []
+    for index, webhook in enumerate(configuration.get("webhooks") or ()):
+        if condition_of(webhook) is None:
+            continue
+        others = [c for c in webhook.get("matchConditions") or () if c.get("name") != WEBHOOK_CONDITION_NAME]
+        ops.append({"op": "test", "path": f"/webhooks/{index}/name", "value": webhook.get("name")})
+        if others:
+            ops.append({"op": "replace", "path": f"/webhooks/{index}/matchConditions", "value": others})
+        else:
+            ops.append({"op": "remove", "path": f"/webhooks/{index}/matchConditions"})
+    if not ops:
+        return []
+    version = configuration["metadata"]["resourceVersion"]
+    return [{"op": "replace", "path": "/metadata/resourceVersion", "value": version}, *ops]
+
+
 def _widened(current: str | None, wanted: str) -> str | None:
     """During a change: the webhook is called when the old *or* the new condition holds.  No
     condition of ours yet means it is called for everything it matches: nothing to widen."""
@@ -274,14 +321,22 @@ def condition_patch(
 
 def _set_condition(api: kube.Client, kind: str, name: str, want: Callable[[str | None], str | None]) -> int:
     """1 when this call patched the configuration, 0 when it had nothing to change or is missing."""
+    return _patch_configuration(api, kind, name, functools.partial(condition_patch, want=want))
+
+
+def _patch_configuration(
+    api: kube.Client, kind: str, name: str, operations: Callable[[Mapping[str, Any]], list[dict[str, Any]]]
+) -> int:
+    """Read the configuration and apply ``operations(it)``; 1 when patched, 0 when there was
+    nothing to do or it is missing (not installed yet: its creation is an event, which brings the
+    controller back).  A version conflict is read and tried again."""
     path = kube.path(ADMISSION, WEBHOOK_PLURALS[kind], name)
     for attempt in range(PATCH_ATTEMPTS):
         current = api.get(path)
         if current is None:
-            # Not installed (yet): its creation is an event, which brings us back.
-            logger.debug("native admission: %s/%s not found; its matchConditions wait for it", kind, name)
+            logger.debug("native admission: %s/%s not found", kind, name)
             return 0
-        ops = condition_patch(current, want)
+        ops = operations(current)
         if not ops:
             return 0
         try:

@@ -4,14 +4,21 @@ uninstall``: tests/cluster/test_uninstall.py.)"""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
-from contracts.resources import API_VERSION, CONTROLLER_FINALIZER
+import kube
+from contracts.resources import API_VERSION, CONTROLLER_FINALIZER, ClusterAgentPolicy
+from controller import native as controller_native
 from localstack.controlplane import ControlPlane
+from policies.native import GENERATED_SELECTOR, WEBHOOK_CONDITION_NAME, Options, generate
+from policies.review import PolicySet
 from tests.support.kubectl import Kubectl
+from webhook.registration import ClientConfig, configurations, register
 
 OTHER_FINALIZER = "example.com/keep"
 
@@ -79,10 +86,74 @@ def test_releases_what_no_controller_finishes_and_nothing_else(
     )
 
 
+ADMISSION = "admissionregistration.k8s.io/v1"
+FOREIGN_CONDITION = {"name": "example.com/theirs", "expression": "true"}
+
+
+def generated(k8s_api: kube.Client) -> list[str]:
+    return [
+        f"{kind}/{item['metadata']['name']}"
+        for kind, plural in controller_native.PLURALS.items()
+        for item in k8s_api.list_items(kube.path(ADMISSION, plural), label_selector=GENERATED_SELECTOR)
+    ]
+
+
+def test_native_admission_is_withdrawn_routing_first_and_nothing_else(
+    control_plane: ControlPlane, k8s_api: kube.Client, kubectl: Kubectl, namespace: str
+) -> None:
+    """What a controller with --native-admission leaves behind: its generated policies, and its
+    condition on the webhooks.  Withdrawn, the webhooks match everything again (another condition
+    on them kept) and no generated object is left; agents are not touched."""
+    policy = ClusterAgentPolicy.model_validate(
+        {"apiVersion": API_VERSION, "kind": "ClusterAgentPolicy", "metadata": {"name": f"org-{namespace}"},
+         "spec": {"mode": "Enforce", "limits": {"maxTokensPerCall": {"default": 100, "max": 2000}}}}
+    )  # fmt: skip
+    only_here = Options(namespaces=(namespace,))
+    state = generate(PolicySet(cluster=(policy,)), now=datetime.now(UTC), options=only_here)
+    for obj in state.objects():
+        k8s_api.apply(obj, field_manager="test")
+    name = f"native-{namespace}"
+    # Scoped to a label no namespace carries: these configurations gate nothing of the other tests.
+    mutating, validating = configurations(
+        ClientConfig(url="https://127.0.0.1:1"), name=name, scope_label=("example.com/nobody", "x")
+    )
+    validating["webhooks"][0]["matchConditions"] = [FOREIGN_CONDITION]
+    register(k8s_api, (mutating, validating))
+    for kind, condition in ((controller_native.MUTATING, state.mutating_condition),
+                            (controller_native.VALIDATING, state.validating_condition)):  # fmt: skip
+        exactly = functools.partial(controller_native._exactly, wanted=condition)
+        assert controller_native._set_condition(k8s_api, kind, name, exactly) == 1
+    apply(kubectl, held("AgentDeployment", "kept", [], AGENT_SPEC))
+    assert len(generated(k8s_api)) >= len(state.objects())
+
+    done = agentops(control_plane, "--native-admission", "--webhook-configuration", name)
+
+    assert done.returncode == 0, done.stderr
+    assert "removed native admission's routing condition from 2 webhook configurations" in done.stdout
+    assert f"deleted {len(state.objects())} generated admission policies and bindings:" in done.stdout
+    assert generated(k8s_api) == []
+    for kind, plural in controller_native.WEBHOOK_PLURALS.items():
+        config = k8s_api.get(kube.path(ADMISSION, plural, name))
+        assert config is not None, kind
+        conditions = [c for hook in config["webhooks"] for c in hook.get("matchConditions") or ()]
+        assert WEBHOOK_CONDITION_NAME not in {c["name"] for c in conditions}, kind
+        assert conditions == ([FOREIGN_CONDITION] if kind == controller_native.VALIDATING else []), kind
+    assert [a["metadata"]["name"] for a in kubectl.json("get", "agentdeployments")["items"]] == ["kept"]
+    # Again: nothing left to withdraw, and it says so.
+    again = agentops(control_plane, "--native-admission", "--webhook-configuration", name)
+    assert again.returncode == 0, again.stderr
+    assert "native admission: nothing generated to withdraw" in again.stdout
+    for plural in controller_native.WEBHOOK_PLURALS.values():
+        k8s_api.delete(kube.path(ADMISSION, plural, name))
+
+
 def test_bad_arguments_are_refused_with_the_fix(control_plane: ControlPlane) -> None:
     both = agentops(control_plane, "--crds", "-n", "x")
     assert both.returncode == 2
     assert "drop -n/--namespace" in both.stderr
+    only = agentops(control_plane, "--native-admission", "--crds")
+    assert only.returncode == 2
+    assert "--native-admission only withdraws native admission; drop --crds and -n" in only.stderr
     negative = agentops(control_plane, "--wait", "-1")
     assert negative.returncode == 2
     assert "--wait must be 0 or more seconds" in negative.stderr
