@@ -65,7 +65,8 @@ def register(subparsers: Any) -> None:
             "--wait seconds to finish each, then the controller's finalizer is removed from what is left "
             "(after `helm uninstall`, no controller is left to remove it).  With --crds, then delete "
             "agentops' CRDs, our kopf peering object, and kopf's peering CRDs if no other kopf operator "
-            "uses them."
+            "uses them, and withdraw native admission (the webhooks' routing condition, then the generated "
+            "admission policies).  With --native-admission, only that."
         ),
     )
     parser.add_argument(

@@ -35,6 +35,7 @@ from contracts.resources import LABEL_AGENT
 from localstack.cluster import SYSTEM_NAMESPACE, NodeCluster
 from localstack.crds import CRD_DIR
 from localstack.helm import ensure_helm
+from policies.native import GENERATED_SELECTOR
 from tests.cluster.agents import agent, agent_pods, apply, run_the_article
 from tests.cluster.own_node import CHART, CHART_LOCAL_VALUES, OVERLAY, helm, own_node
 from tests.support.kubectl import Kubectl
@@ -187,13 +188,15 @@ def test_kubectl_delete_k_after_the_agents_removes_everything(
     assert names(kubectl, "deployments") == []
 
 
-def helm_install_run_and_uninstall(node: NodeCluster, nk: Kubectl, agents_namespace: str) -> Path:
-    """``helm install``, the article's agents, ``helm uninstall``: returns once the release's pods
-    are gone (so no controller runs anywhere), with the helm binary used."""
+def helm_install_run_and_uninstall(
+    node: NodeCluster, nk: Kubectl, agents_namespace: str, *values: str
+) -> Path:
+    """``helm install`` (with ``values``), the article's agents, ``helm uninstall``: returns once
+    the release's pods are gone (so no controller runs anywhere), with the helm binary used."""
     binary = ensure_helm()
     helm(
         binary, node, "install", RELEASE, str(CHART), "--namespace", SYSTEM_NAMESPACE, "--create-namespace",
-        *CHART_LOCAL_VALUES, "--wait", "--timeout=240s",
+        *CHART_LOCAL_VALUES, *values, "--wait", "--timeout=240s",
     )  # fmt: skip
     for workload in ("statefulset/redis", "deployment/agentops-webhook", "deployment/agentops-controller"):
         nk("rollout", "status", workload, "--timeout=120s", namespace=SYSTEM_NAMESPACE, timeout=130)
@@ -257,11 +260,19 @@ def test_helm_uninstall_removes_the_release_and_keeps_the_crds(
 def test_deleting_the_kept_crds_after_helm_uninstall_removes_the_agents(
     node: NodeCluster, nk: Kubectl, agents_namespace: str
 ) -> None:
-    helm_install_run_and_uninstall(node, nk, agents_namespace)
+    # With native admission on: the controller compiled the article's org-defaults policy into
+    # ValidatingAdmissionPolicies, which no install tool knows of and `helm uninstall` leaves.
+    helm_install_run_and_uninstall(node, nk, agents_namespace, "--set", "controller.nativeAdmission=true")
+    generated = nk("get", "validatingadmissionpolicies,validatingadmissionpolicybindings", "-o", "name",
+                   "-l", GENERATED_SELECTOR).stdout.split()  # fmt: skip
+    assert generated, "the controller generated no admission policy for org-defaults"
+    assert leftovers(nk, agents_namespace)["admission policies"] == generated
     # No controller is left to release its finalizers: the README's `kubectl agentops uninstall
-    # --crds` does, then deletes the CRDs (kopf's too: no other kopf operator runs here).
+    # --crds` does, then deletes the CRDs (kopf's too: no other kopf operator runs here), and
+    # withdraws native admission's policies.
     done = agentops_uninstall(node, "--crds", "--wait", "2")
     lines = done.stdout.splitlines()
+    assert f"deleted {len(generated)} generated admission policies and bindings:" in lines, done.stdout
     assert "deleted 1 agentpipelines" in lines, done.stdout
     assert "deleted 2 agentdeployments" in lines, done.stdout
     assert sum("no controller finished" in line for line in lines) == 3, done.stdout
