@@ -1,4 +1,5 @@
-"""Prometheus metrics of the controller's background scans, and the endpoint that serves them.
+"""Prometheus metrics of the controller's background scans and native admission, and the endpoint
+that serves them.
 
 Kyverno's conventions under our prefix, as the webhook's (:mod:`webhook.metrics`), so a dashboard
 built for Kyverno's background controller carries over:
@@ -14,6 +15,13 @@ built for Kyverno's background controller carries over:
 ``agentops_background_scan_duration_seconds``         time to judge one namespace and write its report
 ``agentops_policy_reports``                           OpenReports Reports the controller keeps stored
                                                       (one per namespace with agents or pipelines)
+``agentops_native_admission_regenerations_total``     native admission regenerations (``--native-
+                                                      admission``), by ``result`` (``ok``, or ``error``:
+                                                      retried with backoff)
+``agentops_native_admission_regeneration_``           time to generate and write one regeneration
+``duration_seconds``
+``agentops_native_admission_generated_objects``       ValidatingAdmissionPolicies and bindings the last
+                                                      regeneration keeps
 ====================================================  ================================================
 
 and the standard ``process_*`` metrics (memory, CPU, open files) of the controller process.
@@ -73,6 +81,23 @@ class ControllerMetrics:
             "OpenReports Reports the controller keeps stored (one per namespace with agents or pipelines).",
             registry=self.registry,
         )
+        self.native_regenerations = Counter(
+            "agentops_native_admission_regenerations",
+            "Native admission regenerations, by result (ok, or error: retried with backoff).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.native_duration = Histogram(
+            "agentops_native_admission_regeneration_duration_seconds",
+            "Time to generate the admission policies and write what changed (webhooks, VAPs, bindings).",
+            buckets=_SCAN_BUCKETS,
+            registry=self.registry,
+        )
+        self.native_objects = Gauge(
+            "agentops_native_admission_generated_objects",
+            "ValidatingAdmissionPolicies and bindings the last native admission regeneration keeps.",
+            registry=self.registry,
+        )
         # Labelled children, looked up once: ``labels()`` validates and locks on every call, and a
         # policy change judges every agent again.
         self._result_children: dict[tuple[str, ...], Counter] = {}
@@ -98,6 +123,14 @@ class ControllerMetrics:
 
     def scan_failed(self) -> None:
         self._error.inc()
+
+    def native_regenerated(self, seconds: float, objects: int) -> None:
+        self.native_regenerations.labels("ok").inc()
+        self.native_duration.observe(seconds)
+        self.native_objects.set(objects)
+
+    def native_failed(self) -> None:
+        self.native_regenerations.labels("error").inc()
 
 
 @dataclass(frozen=True, slots=True)

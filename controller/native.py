@@ -140,6 +140,7 @@ async def _regenerations(ctx: Context, state: NativeState) -> None:
         try:
             outcome, native, now = await regenerate(ctx)
         except Exception as exc:  # never let a failure (API, RBAC, a bug) stop the operator
+            ctx.metrics.native_failed()
             logger.warning(
                 "native admission: regeneration failed, retrying in %g s: %s: %s",
                 backoff,
@@ -151,6 +152,7 @@ async def _regenerations(ctx: Context, state: NativeState) -> None:
             backoff = min(backoff * 2, RETRY_MAX_SECONDS)
             continue
         backoff = RETRY_MIN_SECONDS
+        ctx.metrics.native_regenerated(outcome.seconds, outcome.objects)
         state.due = (
             float("inf")
             if native.next_change is None

@@ -42,6 +42,7 @@ from policies.native import (
 )
 from policies.review import PolicySet
 from tests.controller.conftest import ControllerProcess, controller_argv
+from tests.controller.test_metrics_cluster import LISTENING, scrape
 from tests.policies.builders import NOW, cluster_policy
 from tests.support.kubectl import Kubectl
 from tests.support.waiting import eventually
@@ -131,8 +132,9 @@ def stack(
     env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
     env.pop("ANTHROPIC_API_KEY", None)
     argv = controller_argv(
-        namespace, redis_url, "--native-admission", "--webhook-configuration", hook.registration_name
-    )
+        namespace, redis_url, "--native-admission", "--webhook-configuration", hook.registration_name,
+        "--metrics-bind-address", "127.0.0.1:0",
+    )  # fmt: skip
     controller = ControllerProcess(argv, env, tmp_path / "controller.log")
     controller.start()
     stack = Stack(namespace, cluster_kubectl.in_namespace(namespace), k8s_api, hook, controller, [])
@@ -208,6 +210,15 @@ def test_a_ceiling_edit_changes_the_in_process_verdict_within_seconds(stack: Sta
     assert in_process in message, message
     assert "admission webhook" not in message
     assert latency < 5, f"the verdict changed {latency:.2f} s after the edit"
+
+    # The controller's /metrics count the regenerations (one at start-up, one per edit at least)
+    # and the objects kept, which are what the cluster holds.
+    (address,) = eventually("the metrics address", lambda: LISTENING.findall(stack.controller.output()))
+    samples = scrape(address)
+    assert samples[("agentops_native_admission_regenerations_total", frozenset({("result", "ok")}))] >= 2
+    assert samples[("agentops_native_admission_regeneration_duration_seconds_count", frozenset())] >= 2
+    kept = samples[("agentops_native_admission_generated_objects", frozenset())]
+    assert kept == len(stack.generated()) > 0
 
 
 def test_deleting_a_policy_deletes_what_was_generated_and_start_up_prunes_leftovers(stack: Stack) -> None:
