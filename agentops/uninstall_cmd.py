@@ -110,6 +110,17 @@ def _paths(api: kube.Client, plural: str, namespace: str | None = None) -> list[
     ]
 
 
+def _paths_while_served(api: kube.Client, plural: str) -> list[str]:
+    """:func:`_paths` of a kind whose CRD is being deleted: none once the kind is no longer served
+    (the API server stops serving it before the CRD object itself is gone)."""
+    try:
+        return _paths(api, plural)
+    except kube.ApiError as exc:
+        if exc.status == 404:
+            return []
+        raise
+
+
 def _served(api: kube.Client, crd: str) -> bool:
     return api.get(kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", crd)) is not None
 
@@ -235,9 +246,8 @@ def _uninstall(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline and any(api.get(p, metadata_only=True) for p in crd_paths):
         for plural in WORKLOADS:
-            if _served(api, f"{plural}.{GROUP}"):
-                for path in _paths(api, plural):
-                    release(api, path)
+            for path in _paths_while_served(api, plural):
+                release(api, path)
         time.sleep(POLL_SECONDS)
     left = _wait_gone(api, crd_paths, "CRD", timeout=5.0)
     print(f"deleted {len(our_crds) - len(left)} CRDs of {GROUP}")
