@@ -571,7 +571,9 @@ def event_body(
     message = message[:1024]
     # One name per (object, type, reason, message, source): what makes two Events "the same".
     key = "\0".join(str(part) for part in (meta.get("uid"), type_, reason, message, component))
-    name = f"{str(meta.get('name', 'agentops'))[:200]}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    # Cut so that name + ".<16 hex>" stays a DNS subdomain (253 at most, no label ending in - or .).
+    prefix = str(meta.get("name", "agentops"))[:200].rstrip(".-")
+    name = f"{prefix}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     return {
         "apiVersion": "v1",
         "kind": "Event",
