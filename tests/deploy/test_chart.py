@@ -6,6 +6,7 @@ is pinned by test_renderings_agree.py (the same objects as the kustomize base).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from tests.deploy.render import (
     helm_lint,
     helm_template,
     helm_template_error,
+    key,
+    kustomize,
 )
 from tests.support.manifest_checks import security_problems
 
@@ -183,6 +186,27 @@ def test_native_admission_is_opt_in_with_its_rights(helm: Path) -> None:
     # The same rights a kustomize install grants with deploy/native-admission/rbac.yaml.
     role = next(yaml.safe_load_all((DEPLOY / "native-admission" / "rbac.yaml").read_text()))
     assert admission_rules(find(docs, "ClusterRole", "agentops-controller")) == role["rules"]
+
+
+def test_the_kustomize_component_adds_native_admission_to_the_base(tmp_path: Path) -> None:
+    """An overlay of the user's, outside the repository, as the component's header shows it."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base = os.path.relpath(DEPLOY, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                        "resources": [base], "components": [f"{base}/native-admission"]})
+    )  # fmt: skip
+    plain, docs = kustomize(), kustomize(overlay)
+    assert "--native-admission" not in container(plain, "Deployment", "agentops-controller")["args"]
+    assert container(docs, "Deployment", "agentops-controller")["args"] == [
+        *container(plain, "Deployment", "agentops-controller")["args"],
+        "--native-admission",
+    ]
+    added = {key(d) for d in docs} - {key(d) for d in plain}
+    assert added == {
+        key(d) for d in yaml.safe_load_all((DEPLOY / "native-admission" / "rbac.yaml").read_text())
+    }
 
 
 def test_a_single_webhook_replica_gets_no_disruption_budget(helm: Path) -> None:
