@@ -100,7 +100,7 @@ async def _reconcile_locked(
     namespace, name = str(agent.metadata.namespace), str(agent.metadata.name)
     key = (namespace, name)
     options = ctx.config.render
-    status: dict[str, Any] = dict(body.get("status") or {})
+    status: dict[str, Any] = stored_status(ctx, key, body)
     # Judged now, so an exception excusing a budget (or a ceiling) counts until it expires.
     view = ctx.policies.for_agent(namespace, agent.metadata.labels, name=name, now=datetime.now(UTC))
     conditions = render.Conditions(
@@ -211,7 +211,7 @@ async def _pods_stuck(
     if stuck is None:
         return
     condition = "Ready" if ready == 0 else "Progressing"
-    stored = ((body.get("status") or {}).get("conditions")) or []
+    stored = stored_status(ctx, key, body).get("conditions") or []
     previous: dict[str, Any] = next((c for c in stored if c.get("type") == condition), {})
     conditions.set(condition, condition == "Progressing", stuck.reason, stuck.message)
     if previous.get("reason") != stuck.reason:
@@ -241,19 +241,39 @@ def reconcile_key(body: dict[str, Any]) -> tuple[Any, ...]:
     return (meta.get("generation"), stamps, meta.get("uid"))
 
 
+def stored_status(ctx: Context, key: tuple[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    """The agent's status as stored: ``body``'s, with what this process last wrote over it.
+
+    The controller is the only writer of these fields, so its last write is the truth.  The cached
+    body can be older: a watch event for a write that came before ours (kopf's finalizer, say) can
+    arrive after our status patch returned, and judged against it, a condition would "flip" again
+    and its Event be posted twice.
+    """
+    return {**(body.get("status") or {}), **ctx.written_status.get(key, {})}
+
+
+def observed(ctx: Context, key: tuple[str, str], body: dict[str, Any]) -> None:
+    """A watch event's body: once it shows the status last written, the watch has caught up and
+    its bodies are the truth again (another leader's writes included)."""
+    written = ctx.written_status.get(key)
+    if written is not None and (body.get("status") or {}) == written:
+        del ctx.written_status[key]
+
+
 async def _patch_status_if_changed(ctx: Context, body: dict[str, Any], status: dict[str, Any]) -> None:
-    current = body.get("status") or {}
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    current = stored_status(ctx, key, body)
     if all(current.get(k) == v for k, v in status.items()):
         return
-    meta = body["metadata"]
     try:
-        await _call(ctx.kube.patch_status, PLURAL, meta["namespace"], meta["name"], status)
+        stored = await _call(ctx.kube.patch_status, PLURAL, meta["namespace"], meta["name"], status)
     except ApiError as exc:
         if exc.status != 404:  # deleted meanwhile: nothing to report on
             logger.warning("status patch of %s/%s failed: %s", meta["namespace"], meta["name"], exc.reason)
         return
     # Keep the cached body in step so the next refresh compares against what is stored.
-    body["status"] = {**current, **status}
+    body["status"] = ctx.written_status[key] = stored
 
 
 async def _record_revision(ctx: Context, agent: AgentDeployment, previous: str | None) -> int:
@@ -310,7 +330,7 @@ async def _budget(
     reported = usage.model_dump(by_alias=True, exclude_none=True, mode="json")
     # The status is merge-patched, which keeps what it does not name: a budget lifted (by an
     # exception, or a policy deleted) must take its "remaining" fields with it.
-    stored = (body.get("status") or {}).get("usage") or {}
+    stored = stored_status(ctx, (namespace, name), body).get("usage") or {}
     reported.update(
         {k: None for k in ("remainingTokens", "remainingCostUSD") if k in stored and k not in reported}
     )
@@ -321,9 +341,8 @@ async def _budget(
     else:
         conditions.set("BudgetExceeded", True, "BudgetSpent", message)
     if "BudgetExceeded" in conditions.flipped:
-        existed = any(
-            c.get("type") == "BudgetExceeded" for c in (body.get("status") or {}).get("conditions", [])
-        )
+        before = stored_status(ctx, (namespace, name), body).get("conditions") or []
+        existed = any(c.get("type") == "BudgetExceeded" for c in before)
         if message is not None:
             await _event(ctx, body, "Warning", "BudgetExceeded", message)
         elif existed:

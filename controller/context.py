@@ -159,6 +159,8 @@ class Context:
     secrets: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
     #: Latest body of each agent from the watch (status refreshes read this, not the API).
     agent_bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: Per agent, the status fields this process last wrote (see controller.agents.stored_status).
+    written_status: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     scans: ScanState = field(default_factory=ScanState)
     #: Only with ``--native-admission``.
     native: NativeState | None = None
@@ -180,6 +182,7 @@ class Context:
             self.agents,
             self.deployments,
             self.agent_bodies,
+            self.written_status,
             self.scale_memory,
             self.reconciled,
             self.last_full,

@@ -166,6 +166,7 @@ async def agent_event(event: Any, body: Any, namespace: str | None, name: str, *
         ready_replicas=int(status.get("readyReplicas") or 0), replicas=int(status.get("replicas") or 0)
     )
     ctx.agent_bodies[key] = plain
+    agents.observed(ctx, key, plain)
     scan.changed(ctx, plain, deleted=False)
     if ctx.reconciled.get(key) != agents.reconcile_key(plain):
         logger.info(

@@ -55,9 +55,11 @@ class Kube:
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.api.get(kube.path(OURS, plural, name, namespace=namespace))
 
-    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch ``status`` (lists such as conditions and steps are replaced whole)."""
-        self.api.patch_status(kube.path(OURS, plural, name, namespace=namespace), status)
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch ``status`` (lists such as conditions and steps are replaced whole); the
+        status as stored afterwards."""
+        stored = self.api.patch_status(kube.path(OURS, plural, name, namespace=namespace), status)
+        return dict(stored.get("status") or {})
 
     def scale_agent(self, namespace: str, name: str, replicas: int) -> None:
         """Scale through the scale subresource, so admission sees the change like any other."""
