@@ -210,14 +210,9 @@ def _sync(
         applied += 1
     deleted = 0
     if state.pruned != wanted:
-        for kind in (BINDING_KIND, POLICY_KIND):  # a binding never outlives its policy
-            path = kube.path(ADMISSION, PLURALS[kind])
-            for item in api.list_items(path, label_selector=GENERATED_SELECTOR, metadata_only=True):
-                name = str(item["metadata"]["name"])
-                if (kind, name) not in wanted:
-                    api.delete(f"{path}/{name}")
-                    state.applied.pop((kind, name), None)
-                    deleted += 1
+        for key in _delete_generated(api, keep=wanted):
+            state.applied.pop(key, None)
+            deleted += 1
         state.pruned = wanted
     for kind, condition in conditions.items():
         patched += _set_condition(api, kind, configuration, functools.partial(_exactly, wanted=condition))
@@ -242,33 +237,30 @@ def withdraw(api: kube.Client, configuration: str) -> tuple[int, list[str]]:
     Returns (webhook configurations patched, ``Kind/name`` of each object deleted).
     """
     patched = sum(_patch_configuration(api, kind, configuration, release_patch) for kind in WEBHOOK_PLURALS)
-    deleted: list[str] = []
+    return patched, [f"{kind}/{name}" for kind, name in _delete_generated(api, keep=frozenset())]
+
+
+def _delete_generated(api: kube.Client, keep: frozenset[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Delete every generated binding, then VAP (a binding never outlives its policy), but those
+    in ``keep``; the (kind, name) of each one deleted."""
+    deleted: list[tuple[str, str]] = []
     for kind in (BINDING_KIND, POLICY_KIND):
         path = kube.path(ADMISSION, PLURALS[kind])
         for item in api.list_items(path, label_selector=GENERATED_SELECTOR, metadata_only=True):
             name = str(item["metadata"]["name"])
-            if api.delete(f"{path}/{name}"):
-                deleted.append(f"{kind}/{name}")
-    return patched, deleted
+            if (kind, name) not in keep and api.delete(f"{path}/{name}"):
+                deleted.append((kind, name))
+    return deleted
 
 
 def release_patch(configuration: Mapping[str, Any]) -> list[dict[str, Any]]:
     """JSON patch operations removing our condition from every webhook that has it (the others'
     conditions kept), conditional on the configuration's version; empty when none has it."""
-    ops: list[dict[str, Any]] = []
-    for index, webhook in enumerate(configuration.get("webhooks") or ()):
-        if condition_of(webhook) is None:
-            continue
-        others = [c for c in webhook.get("matchConditions") or () if c.get("name") != WEBHOOK_CONDITION_NAME]
-        ops.append({"op": "test", "path": f"/webhooks/{index}/name", "value": webhook.get("name")})
-        if others:
-            ops.append({"op": "replace", "path": f"/webhooks/{index}/matchConditions", "value": others})
-        else:
-            ops.append({"op": "remove", "path": f"/webhooks/{index}/matchConditions"})
-    if not ops:
-        return []
-    version = configuration["metadata"]["resourceVersion"]
-    return [{"op": "replace", "path": "/metadata/resourceVersion", "value": version}, *ops]
+
+    def rewrite(webhook: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        return None if condition_of(webhook) is None else _others(webhook)
+
+    return _conditions_patch(configuration, rewrite)
 
 
 def _widened(current: str | None, wanted: str) -> str | None:
@@ -303,18 +295,41 @@ def condition_patch(
 ) -> list[dict[str, Any]]:
     """JSON patch operations setting our condition to ``want(current)`` (``None``: leave it) on
     every webhook that covers AgentDeployments, conditional on the configuration's version."""
-    ops: list[dict[str, Any]] = []
-    for index, webhook in enumerate(configuration.get("webhooks") or ()):
+
+    def rewrite(webhook: Mapping[str, Any]) -> list[dict[str, Any]] | None:
         if not covers_agents(webhook):
-            continue
+            return None
         current = condition_of(webhook)
         expression = want(current)
         if expression is None or expression == current:
+            return None
+        return [*_others(webhook), {"name": WEBHOOK_CONDITION_NAME, "expression": expression}]
+
+    return _conditions_patch(configuration, rewrite)
+
+
+def _others(webhook: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A webhook's ``matchConditions`` that are not ours."""
+    return [c for c in webhook.get("matchConditions") or () if c.get("name") != WEBHOOK_CONDITION_NAME]
+
+
+def _conditions_patch(
+    configuration: Mapping[str, Any],
+    rewrite: Callable[[Mapping[str, Any]], list[dict[str, Any]] | None],
+) -> list[dict[str, Any]]:
+    """JSON patch operations giving each webhook the ``matchConditions`` ``rewrite(webhook)``
+    returns (``None``: leave them; empty: none), each conditional on the webhook still being the
+    one at that index and all on the configuration's version; empty when nothing changes."""
+    ops: list[dict[str, Any]] = []
+    for index, webhook in enumerate(configuration.get("webhooks") or ()):
+        conditions = rewrite(webhook)
+        if conditions is None:
             continue
-        others = [c for c in webhook.get("matchConditions") or () if c.get("name") != WEBHOOK_CONDITION_NAME]
-        ours = {"name": WEBHOOK_CONDITION_NAME, "expression": expression}
         ops.append({"op": "test", "path": f"/webhooks/{index}/name", "value": webhook.get("name")})
-        ops.append({"op": "add", "path": f"/webhooks/{index}/matchConditions", "value": [*others, ours]})
+        if conditions:
+            ops.append({"op": "add", "path": f"/webhooks/{index}/matchConditions", "value": conditions})
+        else:
+            ops.append({"op": "remove", "path": f"/webhooks/{index}/matchConditions"})
     if not ops:
         return []
     version = configuration["metadata"]["resourceVersion"]
