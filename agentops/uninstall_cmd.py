@@ -24,9 +24,10 @@ off without uninstalling.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import kube
@@ -54,6 +55,11 @@ POLL_SECONDS = 0.5
 CHILDREN = (("apps/v1", "deployments"), ("v1", "services"), ("v1", "configmaps"))
 #: How long, beyond --wait, the garbage collector gets to remove the agents' children.
 CHILDREN_SECONDS = 60.0
+#: How long kopf's peering CRDs get to go.
+CRD_SECONDS = 60.0
+#: An annotation whose change makes the API server retry a deleted CRD's stalled cleanup.
+CLEANUP_RETRY = f"{GROUP}/cleanup-retry"
+CLEANUP_RETRY_SECONDS = 5.0
 
 
 def register(subparsers: Any) -> None:
@@ -238,22 +244,73 @@ def _uninstall(args: argparse.Namespace) -> int:
     # still resolve the owner's kind: deleting the CRDs first would strand them for good.
     _wait_gone(api, deleted, "object", timeout=args.wait + CHILDREN_SECONDS)
     _wait_children_gone(api, timeout=args.wait + CHILDREN_SECONDS)
-    crd_paths = [kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", crd) for crd in our_crds]
-    for path in crd_paths:
-        api.delete(path)
     # A CRD being deleted deletes its objects: release any that a controller put its finalizer on
     # meanwhile (one started during the uninstall, or objects of kinds not listed above).
-    deadline = time.monotonic() + args.wait
-    while time.monotonic() < deadline and any(api.get(p, metadata_only=True) for p in crd_paths):
-        for plural in WORKLOADS:
-            for path in _paths_while_served(api, plural):
-                release(api, path)
-        time.sleep(POLL_SECONDS)
-    left = _wait_gone(api, crd_paths, "CRD", timeout=5.0)
+    left = delete_crds(api, our_crds, timeout=args.wait + 5.0, each_round=lambda: _release_all(api))
     print(f"deleted {len(our_crds) - len(left)} CRDs of {GROUP}")
     _remove_peering(api)
     _withdraw_native_admission(api, args.webhook_configuration)
     return 1 if left else 0
+
+
+def _release_all(api: kube.Client) -> None:
+    for plural in WORKLOADS:
+        for path in _paths_while_served(api, plural):
+            release(api, path)
+
+
+def _crd_path(name: str) -> str:
+    return kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", name)
+
+
+def cleanup_stalled(crd: dict[str, Any]) -> bool:
+    """Whether the API server's cleanup of a deleted CRD failed and may not retry by itself.
+
+    kube-apiserver 1.33 deletes a CRD's objects from a cache that is rebuilt whenever the CRD
+    changes, deletion included.  When the cleanup lists them before the cache is ready it fails
+    ("storage is (re)initializing"), its retry conflicts with that failure's own status write,
+    and nothing looks at the CRD again until the API server's five-minute resync: ``kubectl
+    delete`` waits that long (operator-framework/operator-controller#1437 reports the same)."""
+    for condition in (crd.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Terminating":
+            return bool(
+                condition.get("status") == "True" and condition.get("reason") == "InstanceDeletionFailed"
+            )
+    return False
+
+
+def delete_crds(
+    api: kube.Client, names: Iterable[str], *, timeout: float, each_round: Callable[[], None] = lambda: None
+) -> list[str]:
+    """Delete the CRDs ``names`` and wait up to ``timeout`` s for them to go; the names left.
+
+    A CRD whose cleanup stalled (:func:`cleanup_stalled`) gets an annotation: any change beyond
+    its status makes the API server retry the cleanup at once, instead of minutes later."""
+    left = list(names)
+    for name in left:
+        api.delete(_crd_path(name))
+    deadline = time.monotonic() + timeout
+    retries = 0
+    next_retry = 0.0
+    while left and time.monotonic() < deadline:
+        each_round()
+        bodies = {name: api.get(_crd_path(name)) for name in left}
+        left = [name for name, body in bodies.items() if body is not None]
+        stalled = [name for name in left if cleanup_stalled(bodies[name] or {})]
+        if stalled and time.monotonic() >= next_retry:
+            retries += 1
+            next_retry = time.monotonic() + CLEANUP_RETRY_SECONDS
+            for name in stalled:
+                print(f"CRD {name}: the API server's cleanup stalled; asking it to retry")
+                with contextlib.suppress(kube.ApiError):  # gone meanwhile
+                    api.merge_patch(
+                        _crd_path(name), {"metadata": {"annotations": {CLEANUP_RETRY: str(retries)}}}
+                    )
+        if left:
+            time.sleep(POLL_SECONDS)
+    for name in left:
+        print(f"still there after {timeout:.0f}s: CRD {name}", file=sys.stderr)
+    return left
 
 
 def _withdraw_native_admission(api: kube.Client, configuration: str) -> None:
@@ -286,6 +343,6 @@ def _remove_peering(api: kube.Client) -> None:
     if others:
         print(f"kept kopf's peering CRDs: other kopf operators use them ({', '.join(sorted(others))})")
         return
-    for crd in (f"{peerings}.kopf.dev", "kopfpeerings.kopf.dev"):
-        api.delete(kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", crd))
+    if delete_crds(api, [f"{peerings}.kopf.dev", "kopfpeerings.kopf.dev"], timeout=CRD_SECONDS):
+        return
     print("deleted kopf's peering CRDs (no other kopf operator uses them)")

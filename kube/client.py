@@ -13,6 +13,7 @@ what an event loop needs: reads and watches (:mod:`kube.watch` builds the reflec
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -40,6 +41,10 @@ METADATA_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.i
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 #: Recent Events whose count a process remembers (client-go's recorder keeps 4096 too).
 EVENT_COUNT_CACHE = 4096
+#: Answers the API server asks to be retried (``Retry-After``), as client-go retries them: at most
+#: this many times per request, waiting what the server says, capped here.
+MAX_RETRIES = 10
+MAX_RETRY_AFTER = 10.0
 
 Query = Mapping[str, str] | Sequence[tuple[str, str]]
 
@@ -203,6 +208,24 @@ class _Base:
         }
 
 
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait before sending the request again, or None: not to be retried.
+
+    As client-go: a 429 (priority and fairness, or a cache still initialising: "storage is
+    (re)initializing") or a 5xx that carries ``Retry-After``.  The server refused the request
+    without acting on it, so a retry is safe for every verb."""
+    if response.status_code != 429 and response.status_code < 500:
+        return None
+    header = response.headers.get("Retry-After")
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:  # an HTTP date: the API server never sends one
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
 class WatchStream:
     """One open watch: iterate for events (``ERROR`` ones are raised as :class:`ApiError`)."""
 
@@ -279,7 +302,14 @@ class Client(_Base):
         accept: str = JSON,
     ) -> dict[str, Any]:
         """One API call; the decoded JSON answer, or :class:`ApiError`."""
-        response = self._http.request(**self._build(method, path, body, query, content_type, accept))
+        request = self._build(method, path, body, query, content_type, accept)
+        response = self._http.request(**request)
+        for _ in range(MAX_RETRIES):
+            wait = retry_after(response)
+            if wait is None:
+                break
+            time.sleep(wait)
+            response = self._http.request(**request)
         return _decode(response, method, path)
 
     # --- reads ------------------------------------------------------------------------------
@@ -479,7 +509,14 @@ class AsyncClient(_Base):
         content_type: str | None = None,
         accept: str = JSON,
     ) -> dict[str, Any]:
-        response = await self._http.request(**self._build(method, path, body, query, content_type, accept))
+        request = self._build(method, path, body, query, content_type, accept)
+        response = await self._http.request(**request)
+        for _ in range(MAX_RETRIES):
+            wait = retry_after(response)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
+            response = await self._http.request(**request)
         return _decode(response, method, path)
 
     async def get(self, path: str, *, metadata_only: bool = False) -> dict[str, Any] | None:

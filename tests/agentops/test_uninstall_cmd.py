@@ -11,13 +11,17 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 import kube
+from agentops import uninstall_cmd
 from contracts.resources import API_VERSION, CONTROLLER_FINALIZER, ClusterAgentPolicy
 from controller import native as controller_native
 from localstack.controlplane import ControlPlane
 from policies.native import GENERATED_SELECTOR, WEBHOOK_CONDITION_NAME, Options, generate
 from policies.review import PolicySet
 from tests.support.kubectl import Kubectl
+from tests.support.waiting import eventually
 from webhook.registration import ClientConfig, configurations, register
 
 OTHER_FINALIZER = "example.com/keep"
@@ -157,3 +161,91 @@ def test_bad_arguments_are_refused_with_the_fix(control_plane: ControlPlane) -> 
     negative = agentops(control_plane, "--wait", "-1")
     assert negative.returncode == 2
     assert "--wait must be 0 or more seconds" in negative.stderr
+
+
+def hold_crd(group: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"holds.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Cluster",
+            "names": {"plural": "holds", "singular": "hold", "kind": "Hold", "listKind": "HoldList"},
+            "versions": [{"name": "v1", "served": True, "storage": True,
+                          "schema": {"openAPIV3Schema": {"type": "object"}}}],
+        },
+    }  # fmt: skip
+
+
+def test_a_crd_whose_cleanup_stalled_is_retried_and_goes(
+    capsys: pytest.CaptureFixture[str], k8s_api: kube.Client, namespace: str
+) -> None:
+    """kube-apiserver 1.33 can leave a deleted CRD's cleanup failed and unretried for minutes
+    (``uninstall_cmd.cleanup_stalled``).  That race cannot be started on purpose, so the failed
+    cleanup's condition is written the way the API server writes it, onto a CRD whose cleanup is
+    held by an object's finalizer: the CRD is told to retry, and goes once nothing holds it."""
+    group = f"{namespace}.test.agentops.io"
+    crd = kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", f"holds.{group}")
+    k8s_api.create(kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions"), hold_crd(group))
+    k8s_api.wait_for_crds([f"holds.{group}"])
+    instance = kube.path(f"{group}/v1", "holds", "held")
+    k8s_api.create(
+        kube.path(f"{group}/v1", "holds"),
+        {
+            "apiVersion": f"{group}/v1",
+            "kind": "Hold",
+            "metadata": {"name": "held", "finalizers": [OTHER_FINALIZER]},
+        },
+    )
+    k8s_api.delete(crd)
+    eventually("the API server is cleaning the CRD up", lambda: terminating(k8s_api.get(crd)) is not None)
+    body = k8s_api.get(crd)
+    assert body is not None
+    conditions = [c for c in body["status"]["conditions"] if c["type"] != "Terminating"]
+    stalled = {"type": "Terminating", "status": "True", "reason": "InstanceDeletionFailed",
+               "message": "could not list instances: storage is (re)initializing"}  # fmt: skip
+    k8s_api.patch_status(crd, {"conditions": [*conditions, {**stalled, "lastTransitionTime": now()}]})
+    assert uninstall_cmd.cleanup_stalled(k8s_api.get(crd) or {})
+
+    retried: list[str] = []
+
+    def release_once_retried() -> None:
+        annotations = ((k8s_api.get(crd) or {}).get("metadata") or {}).get("annotations") or {}
+        if uninstall_cmd.CLEANUP_RETRY in annotations and not retried:
+            retried.append(annotations[uninstall_cmd.CLEANUP_RETRY])
+            k8s_api.merge_patch(instance, {"metadata": {"finalizers": None}})
+
+    left = uninstall_cmd.delete_crds(k8s_api, [f"holds.{group}"], timeout=60, each_round=release_once_retried)
+
+    assert left == []
+    assert retried == ["1"]
+    assert (
+        f"CRD holds.{group}: the API server's cleanup stalled; asking it to retry" in capsys.readouterr().out
+    )
+    assert k8s_api.get(crd) is None
+
+
+def terminating(crd: dict[str, Any] | None) -> dict[str, Any] | None:
+    return next(
+        (c for c in ((crd or {}).get("status") or {}).get("conditions") or [] if c["type"] == "Terminating"),
+        None,
+    )
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize(
+    ("condition", "stalled"),
+    [
+        ({"type": "Terminating", "status": "True", "reason": "InstanceDeletionFailed"}, True),
+        ({"type": "Terminating", "status": "True", "reason": "InstanceDeletionInProgress"}, False),
+        ({"type": "Terminating", "status": "True", "reason": "InstanceDeletionCheck"}, False),
+        ({"type": "Terminating", "status": "False", "reason": "InstanceDeletionCompleted"}, False),
+        ({"type": "Established", "status": "True", "reason": "InitialNamesAccepted"}, False),
+    ],
+)
+def test_only_a_failed_cleanup_counts_as_stalled(condition: dict[str, str], stalled: bool) -> None:
+    assert uninstall_cmd.cleanup_stalled({"status": {"conditions": [condition]}}) is stalled

@@ -2,14 +2,15 @@
 
 On a node of this module's own (an uninstall must never reach the session's shared product):
 
-* ``kubectl delete -k`` removes every object of ours: both webhook configurations (a leftover
-  fail-closed one would block every later change to our resources), the CRDs, the cluster RBAC,
-  the namespace, the agents' Deployments and pods (garbage-collected with their AgentDeployments),
-  and the kopf peering object with its CRD.  Afterwards the cluster takes changes as before: a
-  ConfigMap, the CRDs again, an AgentDeployment with no webhook in the way.  The agents are deleted
-  first with ``kubectl agentops uninstall``, while the controller runs: each carries kopf's
-  finalizer, which only the controller removes, and ``kubectl delete -k`` with agents still there
-  races the controller's own deletion (the README gives this order).
+* The README's kustomize uninstall removes every object of ours: ``kubectl agentops uninstall
+  --crds`` while the controller runs (each agent carries kopf's finalizer, which only the
+  controller removes, and the CRDs go through the command, which retries a cleanup that
+  kube-apiserver 1.33 can leave stalled for minutes), then ``kubectl delete -k``.  Gone: both
+  webhook configurations (a leftover fail-closed one would block every later change to our
+  resources), the CRDs, the cluster RBAC, the namespace, the agents' Deployments and pods
+  (garbage-collected with their AgentDeployments), and the kopf peering object with its CRD.
+  Afterwards the cluster takes changes as before: a ConfigMap, the CRDs again, an AgentDeployment
+  with no webhook in the way.
 * ``helm uninstall`` removes the release: no webhook configuration, no RBAC, no workload, no Secret
   of it is left.  What stays, by Helm's conventions, is listed and checked: the CRDs (Helm never
   deletes what a chart's ``crds/`` installed, so the users' agents survive an uninstall/reinstall),
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.resources import LABEL_AGENT
+from contracts.resources import GROUP, LABEL_AGENT, RESOURCES
 from localstack.cluster import SYSTEM_NAMESPACE, NodeCluster
 from localstack.crds import CRD_DIR
 from localstack.helm import ensure_helm
@@ -166,12 +167,14 @@ def test_kubectl_delete_k_after_the_agents_removes_everything(
     run_the_article(kubectl)
 
     # The controller is still there to finish every deletion (withdrawing queued pipeline tasks)
-    # and release its finalizers; the Deployments go with their owners.
-    done = agentops_uninstall(node)
+    # and release its finalizers; the Deployments go with their owners, then the CRDs go.
+    done = agentops_uninstall(node, "--crds")
     assert "deleted 2 agentdeployments" in done.stdout.splitlines(), done.stdout
     assert "no controller finished" not in done.stdout, done.stdout
+    assert f"deleted {len(RESOURCES)} CRDs of {GROUP}" in done.stdout.splitlines(), done.stdout
+    assert "deleted kopf's peering CRDs (no other kopf operator uses them)" in done.stdout, done.stdout
     eventually("the agents' pods are gone", lambda: agent_pods(kubectl) == [], within=120)
-    nk("delete", "-k", str(OVERLAY), "--timeout=180s", timeout=200)
+    nk("delete", "-k", str(OVERLAY), "--ignore-not-found", "--timeout=180s", timeout=200)
 
     assert leftovers(nk, agents_namespace) == {}
     assert nk("api-resources", "--api-group=agentops.agentops.io", "-o", "name").stdout.split() == []
