@@ -10,8 +10,9 @@ cluster match it, in an order that never leaves a request without an evaluator:
 2. **apply** (server-side, field manager ``agentops-controller``) every generated object that
    differs from what this process last applied, VAPs before bindings;
 3. **prune**: list by :data:`~policies.native.GENERATED_SELECTOR` and delete what is no longer
-   generated, bindings first.  Labels, not owner references: a cluster-scoped VAP cannot be owned
-   by a namespaced AgentPolicy, and a policy deleted while the controller was down leaves no event;
+   generated, bindings first.  Labels, not owner references to the policies: a cluster-scoped VAP
+   cannot be owned by a namespaced AgentPolicy, and a policy deleted while the controller was down
+   leaves no event;
 4. **narrow**: set the condition exactly, on every webhook of the two configurations that matches
    AgentDeployments (a JSON patch conditional on ``resourceVersion``).
 
@@ -27,9 +28,14 @@ counts the exception as expired.  Only the leader regenerates (kopf runs handler
 only; see :mod:`controller.scan`).  A failure is logged and retried with backoff; it never stops
 the operator.
 
-Turning it off is :func:`withdraw`'s (``agentops uninstall --crds`` or ``--native-admission``, run
-once no controller with ``--native-admission`` is left): the webhooks' condition removed first,
-then every generated object.
+Every generated object is owned by the ValidatingWebhookConfiguration (``--webhook-configuration``,
+cluster-scoped like them): uninstalling the webhooks (``kubectl delete -k``, ``helm uninstall``)
+garbage-collects them, and while that configuration is missing the controller generates nothing
+and deletes what it generated, so a controller still running during an uninstall leaves nothing.
+
+Turning it off without uninstalling is :func:`withdraw`'s (``agentops uninstall --crds`` or
+``--native-admission``, run once no controller with ``--native-admission`` is left): the webhooks'
+condition removed first, then every generated object.
 """
 
 from __future__ import annotations
@@ -183,22 +189,32 @@ async def regenerate(ctx: Context) -> tuple[Outcome, NativeAdmission, datetime]:
         now=now,
         options=Options(namespaces=ctx.config.namespaces),
     )
-    applied, deleted, patched = await asyncio.to_thread(
+    objects, applied, deleted, patched = await asyncio.to_thread(
         _sync, ctx.kube.api, ctx.native, native, ctx.config.webhook_configuration
     )
-    outcome = Outcome(len(native.objects()), applied, deleted, patched, time.perf_counter() - started)
+    outcome = Outcome(objects, applied, deleted, patched, time.perf_counter() - started)
     return outcome, native, now
 
 
 def _sync(
     api: kube.Client, state: NativeState, native: NativeAdmission, configuration: str
-) -> tuple[int, int, int]:
-    """The four steps, blocking: (objects applied, objects deleted, webhook patches)."""
+) -> tuple[int, int, int, int]:
+    """The four steps, blocking: (objects kept, objects applied, objects deleted, webhook patches)."""
+    owner = _owner(api, configuration)
+    if owner is None:
+        # Our admission is not installed (yet), or being uninstalled: generated objects would
+        # outlive it.  The configuration's creation is an event that brings the controller back.
+        deleted = len(_delete_generated(api, keep=frozenset()))
+        state.applied.clear()
+        state.pruned = frozenset()
+        return 0, 0, deleted, 0
     conditions = {MUTATING: native.mutating_condition, VALIDATING: native.validating_condition}
     patched = 0
     for kind, condition in conditions.items():
         patched += _set_condition(api, kind, configuration, functools.partial(_widened, wanted=condition))
-    objects = sorted(native.objects(), key=lambda obj: obj["kind"] != POLICY_KIND)  # stable: VAPs first
+    objects = sorted(
+        (_owned(obj, owner) for obj in native.objects()), key=lambda obj: obj["kind"] != POLICY_KIND
+    )  # stable: VAPs first
     wanted = frozenset((str(obj["kind"]), str(obj["metadata"]["name"])) for obj in objects)
     applied = 0
     for obj in objects:
@@ -216,11 +232,26 @@ def _sync(
         state.pruned = wanted
     for kind, condition in conditions.items():
         patched += _set_condition(api, kind, configuration, functools.partial(_exactly, wanted=condition))
-    return applied, deleted, patched
+    return len(objects), applied, deleted, patched
 
 
 def _exactly(_current: str | None, wanted: str) -> str:
     return wanted
+
+
+def _owner(api: kube.Client, configuration: str) -> dict[str, Any] | None:
+    """An owner reference to our ValidatingWebhookConfiguration, or None when it is missing."""
+    found = api.get(kube.path(ADMISSION, WEBHOOK_PLURALS[VALIDATING], configuration), metadata_only=True)
+    if found is None:
+        return None
+    meta = found["metadata"]
+    return {"apiVersion": ADMISSION, "kind": VALIDATING, "name": meta["name"], "uid": meta["uid"]}
+
+
+def _owned(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` owned by the webhook configuration, so the garbage collector deletes it with the
+    install's admission (``kubectl delete -k``, ``helm uninstall``): both are cluster-scoped."""
+    return {**obj, "metadata": {**obj["metadata"], "ownerReferences": [owner]}}
 
 
 # --- turning it off ----------------------------------------------------------------------------

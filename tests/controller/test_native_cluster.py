@@ -267,6 +267,67 @@ def test_deleting_a_policy_deletes_what_was_generated_and_start_up_prunes_leftov
     assert "validatingadmissionpolicies/agentops.baseline.deny" in stack.generated()
 
 
+def test_uninstalling_the_webhooks_takes_what_was_generated_with_them(stack: Stack) -> None:
+    """Every generated object is owned by the ValidatingWebhookConfiguration: deleting the two
+    configurations (what ``kubectl delete -k`` and ``helm uninstall`` do) leaves nothing generated,
+    with the controller still running, and registering them again generates everything again."""
+    policy = stack.cluster_policy(unique("owned"), replicas={"max": 5})
+    own = source_selector("ClusterAgentPolicy", None, policy)
+    eventually("the policy's objects are generated", lambda: stack.generated(own), within=30)
+    path = kube.path(ADMISSION, "validatingwebhookconfigurations", stack.webhook.registration_name)
+    configuration = stack.api.get(path, metadata_only=True)
+    assert configuration is not None
+    owner = {"apiVersion": ADMISSION, "kind": "ValidatingWebhookConfiguration",
+             "name": stack.webhook.registration_name, "uid": configuration["metadata"]["uid"]}  # fmt: skip
+    assert owners(stack) == {name: [owner] for name in stack.generated()}
+
+    (address,) = eventually("the metrics address", lambda: LISTENING.findall(stack.controller.output()))
+    regenerations = ("agentops_native_admission_regenerations_total", frozenset({("result", "ok")}))
+    before = scrape(address)[regenerations]
+    for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+        assert stack.api.delete(kube.path(ADMISSION, plural, stack.webhook.registration_name))
+
+    def regenerated_with_nothing() -> bool:
+        found = scrape(address)
+        return (
+            found[regenerations] > before
+            and found[("agentops_native_admission_generated_objects", frozenset())] == 0
+        )
+
+    # The controller saw the configuration go (its regeneration keeps nothing), and nothing it
+    # generated is left, whether the garbage collector or the controller deleted it.
+    eventually("the controller regenerates with no configuration", regenerated_with_nothing, within=30)
+    eventually("nothing generated is left", lambda: stack.generated() == [], within=30)
+
+    ca_bundle = (stack.webhook.cert_dir / "ca.crt").read_bytes()
+    registration = configurations(
+        ClientConfig(url=stack.webhook.url, ca_bundle=ca_bundle),
+        name=stack.webhook.registration_name,
+        scope_label=SCOPE_LABEL,
+    )
+    register(stack.api, registration)
+    eventually("the policy's objects are generated again", lambda: stack.generated(own), within=30)
+    eventually("the webhooks are narrowed again", stack.routed, within=30)
+    again = stack.api.get(path, metadata_only=True)
+    assert again is not None
+    assert again["metadata"]["uid"] != owner["uid"]
+    assert owners(stack) == {name: [{**owner, "uid": again["metadata"]["uid"]}] for name in stack.generated()}
+
+
+def owners(stack: Stack) -> dict[str, list[dict[str, Any]]]:
+    """Each generated object's owner references."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for plural in GENERATED_PLURALS:
+        for item in stack.api.list_items(
+            kube.path(ADMISSION, plural), label_selector=GENERATED_SELECTOR, metadata_only=True
+        ):
+            refs = item["metadata"].get("ownerReferences") or []
+            found[f"{plural}/{item['metadata']['name']}"] = [
+                {key: ref[key] for key in ("apiVersion", "kind", "name", "uid")} for ref in refs
+            ]
+    return found
+
+
 def test_with_the_webhook_killed_replicas_are_still_judged_and_the_rest_fails_closed(stack: Stack) -> None:
     policy = stack.cluster_policy(unique("down"), replicas={"max": 5})
     stack.kubectl("apply", "-f", "-", input=_yaml(stack.agent_manifest("agent")))
