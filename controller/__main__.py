@@ -114,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keda-redis-address", default="redis:6379")
     parser.add_argument(
         "--native-admission",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="compile the policies into ValidatingAdmissionPolicies the API server runs in-process, "
-        "and narrow the webhooks to what they alone decide (docs/native-admission.md; opt-in)",
+        "and narrow the webhooks to what they alone decide (docs/native-admission.md; the install's "
+        "manifests and chart turn it on; the last of --native-admission/--no-native-admission wins)",
     )
     parser.add_argument(
         "--webhook-configuration",

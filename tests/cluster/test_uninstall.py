@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from agentops import uninstall_cmd
 from contracts.resources import GROUP, LABEL_AGENT, RESOURCES
 from localstack.cluster import SYSTEM_NAMESPACE, NodeCluster
 from localstack.crds import CRD_DIR
@@ -76,6 +77,7 @@ def agents_namespace(nk: Kubectl) -> Iterator[str]:
 
         def all_gone() -> bool:
             release_stuck_objects(nk)
+            retry_stalled_crd_cleanups(nk)
             return crds(nk) == [] and not namespace_exists(nk, SYSTEM_NAMESPACE)
 
         eventually("no CRD and no system namespace of ours is left", all_gone, within=180)
@@ -136,6 +138,16 @@ def finalized_objects(kubectl: Kubectl) -> list[str]:
     return found
 
 
+def retry_stalled_crd_cleanups(kubectl: Kubectl) -> None:
+    """What ``kubectl agentops uninstall --crds`` does for a deleted CRD whose cleanup
+    kube-apiserver 1.33 left stalled (``uninstall_cmd.cleanup_stalled``)."""
+    for item in kubectl.json("get", "crd")["items"]:
+        name = item["metadata"]["name"]
+        if name.endswith(GROUPS) and uninstall_cmd.cleanup_stalled(item):
+            retry = f"{uninstall_cmd.CLEANUP_RETRY}={uuid.uuid4().hex[:8]}"
+            kubectl("annotate", "crd", name, "--overwrite", retry, check=False)
+
+
 def release_stuck_objects(kubectl: Kubectl) -> None:
     """The known workaround for finalizers nobody will remove: remove them by hand."""
     for kind in ("agentdeployments.agentops.agentops.io", "agentpipelines.agentops.agentops.io"):
@@ -178,7 +190,9 @@ def test_kubectl_delete_k_after_the_agents_removes_everything(
     eventually("the agents' pods are gone", lambda: agent_pods(kubectl) == [], within=120)
     nk("delete", "-k", str(OVERLAY), "--ignore-not-found", "--timeout=180s", timeout=200)
 
-    assert leftovers(nk, agents_namespace) == {}
+    # The admission policies the controller generated go with the webhook configuration that owns
+    # them, once the garbage collector gets to them.
+    eventually("nothing of ours is left", lambda: leftovers(nk, agents_namespace) == {}, within=60)
     assert nk("api-resources", "--api-group=agentops.agentops.io", "-o", "name").stdout.split() == []
     assert nk("api-resources", "--api-group=kopf.dev", "-o", "name").stdout.split() == []
 
@@ -229,7 +243,15 @@ def test_helm_uninstall_removes_the_release_and_keeps_the_crds(
     kubectl = nk.in_namespace(agents_namespace)
 
     assert helm(binary, node, "list", "--all-namespaces", "-q").stdout.split() == []
-    left = leftovers(nk, agents_namespace)
+
+    # The admission policies native admission generated go with the webhook configuration that
+    # owns them, once the garbage collector gets to them (test_deleting_the_kept_crds... checks
+    # that there were some).
+    def collected() -> dict[str, list[str]] | None:
+        found = leftovers(nk, agents_namespace)
+        return found if "admission policies" not in found else None
+
+    left = eventually("the generated admission policies are garbage-collected", collected, within=60)
     assert "webhook configurations" not in left, left
     assert "cluster RBAC" not in left, left
     # In the namespace, only what Kubernetes puts into every namespace (and Events).
@@ -271,8 +293,8 @@ def test_helm_uninstall_removes_the_release_and_keeps_the_crds(
 def test_deleting_the_kept_crds_after_helm_uninstall_removes_the_agents(
     node: NodeCluster, nk: Kubectl, agents_namespace: str
 ) -> None:
-    # With native admission on: the controller compiled the article's org-defaults policy into
-    # ValidatingAdmissionPolicies, which no install tool knows of.  They are owned by the webhook
+    # Native admission is on by default: the controller compiled the article's org-defaults
+    # policy into ValidatingAdmissionPolicies, which no install tool knows of.  They are owned by the webhook
     # configuration, so `helm uninstall` takes them with it (the garbage collector does).
     generated: list[str] = []
 
@@ -284,10 +306,7 @@ def test_deleting_the_kept_crds_after_helm_uninstall_removes_the_agents(
         return nk("get", "validatingadmissionpolicies,validatingadmissionpolicybindings", "-o", "name",
                   "-l", GENERATED_SELECTOR).stdout.split()  # fmt: skip
 
-    helm_install_run_and_uninstall(
-        node, nk, agents_namespace, "--set", "controller.nativeAdmission=true",
-        before_uninstall=native_policies_generated,
-    )  # fmt: skip
+    helm_install_run_and_uninstall(node, nk, agents_namespace, before_uninstall=native_policies_generated)
     assert generated
     eventually("the generated policies go with the release", lambda: generated_policies() == [], within=60)
     assert "admission policies" not in leftovers(nk, agents_namespace)

@@ -172,41 +172,55 @@ def test_replicas(helm: Path) -> None:
     assert find(docs, "PodDisruptionBudget", "agentops-webhook")["spec"]["minAvailable"] == 1
 
 
+NATIVE_RBAC = DEPLOY / "manifests" / "rbac-controller-native-admission.yaml"
+NATIVE_ROLE = "agentops-controller-native-admission"
+
+
 def admission_rules(role: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in role["rules"] if r["apiGroups"] == ["admissionregistration.k8s.io"]]
 
 
-def test_native_admission_is_opt_in_with_its_rights(helm: Path) -> None:
+def test_native_admission_is_on_by_default_and_off_takes_its_rights(helm: Path) -> None:
     default = helm_template(helm)
-    assert "--native-admission" not in container(default, "Deployment", "agentops-controller")["args"]
-    # Least privilege: without native admission the controller may not touch admission objects.
+    assert "--native-admission" in container(default, "Deployment", "agentops-controller")["args"]
+    # Its rights are a ClusterRole of their own, the same as the kustomize base's.
+    role = next(yaml.safe_load_all(NATIVE_RBAC.read_text()))
+    assert find(default, "ClusterRole", NATIVE_ROLE)["rules"] == role["rules"]
+    assert find(default, "ClusterRoleBinding", NATIVE_ROLE)["roleRef"]["name"] == NATIVE_ROLE
+    # The controller's own ClusterRole never touches admission objects.
     assert admission_rules(find(default, "ClusterRole", "agentops-controller")) == []
-    docs = helm_template(helm, {"controller.nativeAdmission": "true"})
-    assert "--native-admission" in container(docs, "Deployment", "agentops-controller")["args"]
-    # The same rights a kustomize install grants with deploy/native-admission/rbac.yaml.
-    role = next(yaml.safe_load_all((DEPLOY / "native-admission" / "rbac.yaml").read_text()))
-    assert admission_rules(find(docs, "ClusterRole", "agentops-controller")) == role["rules"]
+
+    off = helm_template(helm, {"controller.nativeAdmission": "false"})
+    assert "--native-admission" not in container(off, "Deployment", "agentops-controller")["args"]
+    # Least privilege: without native admission the controller may not touch admission objects.
+    assert {key(d) for d in default} - {key(d) for d in off} == {
+        ("ClusterRole", None, NATIVE_ROLE),
+        ("ClusterRoleBinding", None, NATIVE_ROLE),
+    }
+    assert admission_rules(find(off, "ClusterRole", "agentops-controller")) == []
 
 
-def test_the_kustomize_component_adds_native_admission_to_the_base(tmp_path: Path) -> None:
-    """An overlay of the user's, outside the repository, as the component's header shows it."""
+def test_the_kustomize_component_turns_native_admission_off(tmp_path: Path, helm: Path) -> None:
+    """An overlay of the user's, outside the repository, as the component's header shows it: the
+    controller told --no-native-admission (the last flag wins) and the mode's rights gone, which
+    is what the chart renders with controller.nativeAdmission=false."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     base = os.path.relpath(DEPLOY, overlay)
     (overlay / "kustomization.yaml").write_text(
         yaml.safe_dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                        "resources": [base], "components": [f"{base}/native-admission"]})
+                        "resources": [base], "components": [f"{base}/native-admission-off"]})
     )  # fmt: skip
     plain, docs = kustomize(), kustomize(overlay)
-    assert "--native-admission" not in container(plain, "Deployment", "agentops-controller")["args"]
     assert container(docs, "Deployment", "agentops-controller")["args"] == [
         *container(plain, "Deployment", "agentops-controller")["args"],
-        "--native-admission",
+        "--no-native-admission",
     ]
-    added = {key(d) for d in docs} - {key(d) for d in plain}
-    assert added == {
-        key(d) for d in yaml.safe_load_all((DEPLOY / "native-admission" / "rbac.yaml").read_text())
-    }
+    removed = {key(d) for d in plain} - {key(d) for d in docs}
+    assert removed == {key(d) for d in yaml.safe_load_all(NATIVE_RBAC.read_text())}
+    assert {key(d) for d in docs} == {key(d) for d in plain} - removed
+    off = helm_template(helm, {"controller.nativeAdmission": "false"})
+    assert {key(d) for d in docs} - {("Namespace", None, "agentops-system")} == {key(d) for d in off}
 
 
 def test_a_single_webhook_replica_gets_no_disruption_budget(helm: Path) -> None:
