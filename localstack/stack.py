@@ -179,6 +179,8 @@ def _controller_argv(info: StackInfo) -> list[str]:
         *python_module("controller")(info),
         *("--kubeconfig", str(info.kubeconfig), "--redis-url", info.redis_url, "--standalone"),
         *("--liveness", f"http://127.0.0.1:{info.port('controller')}/healthz"),
+        # As the install runs it: the webhook registers the configurations this names by default.
+        "--native-admission",
         *provider,
     ]
 
