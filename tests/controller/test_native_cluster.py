@@ -279,20 +279,29 @@ def test_uninstalling_the_webhooks_takes_what_was_generated_with_them(stack: Sta
     assert configuration is not None
     owner = {"apiVersion": ADMISSION, "kind": "ValidatingWebhookConfiguration",
              "name": stack.webhook.registration_name, "uid": configuration["metadata"]["uid"]}  # fmt: skip
-    assert owners(stack) == {name: [owner] for name in stack.generated()}
 
     (address,) = eventually("the metrics address", lambda: LISTENING.findall(stack.controller.output()))
     regenerations = ("agentops_native_admission_regenerations_total", frozenset({("result", "ok")}))
-    before = scrape(address)[regenerations]
+    kept: tuple[str, frozenset[tuple[str, str]]] = (
+        "agentops_native_admission_generated_objects",
+        frozenset(),
+    )
+
+    def regeneration_done() -> tuple[Samples, dict[str, list[dict[str, Any]]]] | None:
+        # The objects are written one by one, and recorded once all are: the count is the signal.
+        samples, found = scrape(address), owners(stack)
+        return (samples, found) if samples.get(regenerations) and samples.get(kept) == len(found) else None
+
+    samples, owned = eventually("the regeneration has written what it counts", regeneration_done)
+    assert owned == {name: [owner] for name in owned}
+    assert set(stack.generated(own)) <= owned.keys()
+    before = samples[regenerations]
     for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
         assert stack.api.delete(kube.path(ADMISSION, plural, stack.webhook.registration_name))
 
     def regenerated_with_nothing() -> bool:
         found = scrape(address)
-        return (
-            found[regenerations] > before
-            and found[("agentops_native_admission_generated_objects", frozenset())] == 0
-        )
+        return found[regenerations] > before and found[kept] == 0
 
     # The controller saw the configuration go (its regeneration keeps nothing), and nothing it
     # generated is left, whether the garbage collector or the controller deleted it.
