@@ -211,9 +211,9 @@ class _Base:
 def retry_after(response: httpx.Response) -> float | None:
     """Seconds to wait before sending the request again, or None: not to be retried.
 
-    As client-go: a 429 (priority and fairness, or a cache still initialising: "storage is
-    (re)initializing") or a 5xx that carries ``Retry-After``.  The server refused the request
-    without acting on it, so a retry is safe for every verb."""
+    As client-go, for every verb: a 429 (priority and fairness, or a cache still initialising:
+    "storage is (re)initializing"), which the server refused without acting on it, or a 5xx that
+    carries ``Retry-After`` (a create that did land meanwhile then answers 409, as in client-go)."""
     if response.status_code != 429 and response.status_code < 500:
         return None
     header = response.headers.get("Retry-After")
