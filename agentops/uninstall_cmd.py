@@ -12,7 +12,8 @@ garbage-collected before deleting the CRDs: once an owner's kind is gone, the ga
 can no longer resolve it and leaves its dependents behind.
 
 It never touches another operator's finalizers, nor kopf's peering CRDs while another kopf
-operator's peering object still uses them.
+operator's peering object still uses them, nor the OpenReports CRD while another tool's report
+does (ours, one per namespace, are deleted).
 
 Native admission (``--native-admission`` on the controller, docs/native-admission.md) leaves
 cluster-scoped objects no install tool knows of: the generated ValidatingAdmissionPolicies and
@@ -32,6 +33,7 @@ from typing import Any
 
 import kube
 from agentops.cluster import api_and_namespace
+from contracts import reports
 from contracts.resources import (
     API_VERSION,
     CONTROLLER_FINALIZER,
@@ -249,6 +251,7 @@ def _uninstall(args: argparse.Namespace) -> int:
     left = delete_crds(api, our_crds, timeout=args.wait + 5.0, each_round=lambda: _release_all(api))
     print(f"deleted {len(our_crds) - len(left)} CRDs of {GROUP}")
     _remove_peering(api)
+    _remove_reports(api)
     _withdraw_native_admission(api, args.webhook_configuration)
     return 1 if left else 0
 
@@ -323,6 +326,33 @@ def _withdraw_native_admission(api: kube.Client, configuration: str) -> None:
             print(f"  {name}")
     if not patched and not deleted:
         print("native admission: nothing generated to withdraw")
+
+
+def _remove_reports(api: kube.Client) -> None:
+    """Our policy reports, and the OpenReports Report CRD when no other tool's report uses it
+    (Policy Reporter or another policy engine may have installed it, or write to it)."""
+    if not _served(api, reports.CRD_NAME):
+        return
+    collection = kube.path(reports.API_VERSION, reports.PLURAL)
+    others: list[str] = []
+    for item in api.list_items(collection, metadata_only=True):
+        meta = item["metadata"]
+        if (
+            meta["name"] == reports.REPORT_NAME
+            and (meta.get("labels") or {}).items() >= reports.LABELS.items()
+        ):
+            api.delete(
+                kube.path(reports.API_VERSION, reports.PLURAL, meta["name"], namespace=meta["namespace"])
+            )
+        else:
+            others.append(f"{meta['namespace']}/{meta['name']}")
+    if others:
+        shown = ", ".join(sorted(others)[:5]) + (", ..." if len(others) > 5 else "")
+        print(f"kept the OpenReports CRD: other tools' reports use it ({shown})")
+        return
+    if delete_crds(api, [reports.CRD_NAME], timeout=CRD_SECONDS):
+        return
+    print("deleted the OpenReports CRD (no other tool's report uses it)")
 
 
 def _remove_peering(api: kube.Client) -> None:

@@ -187,6 +187,7 @@ def test_kubectl_delete_k_after_the_agents_removes_everything(
     assert "no controller finished" not in done.stdout, done.stdout
     assert f"deleted {len(RESOURCES)} CRDs of {GROUP}" in done.stdout.splitlines(), done.stdout
     assert "deleted kopf's peering CRDs (no other kopf operator uses them)" in done.stdout, done.stdout
+    assert "deleted the OpenReports CRD (no other tool's report uses it)" in done.stdout, done.stdout
     eventually("the agents' pods are gone", lambda: agent_pods(kubectl) == [], within=120)
     nk("delete", "-k", str(OVERLAY), "--ignore-not-found", "--timeout=180s", timeout=200)
 
@@ -294,8 +295,8 @@ def test_deleting_the_kept_crds_after_helm_uninstall_removes_the_agents(
     node: NodeCluster, nk: Kubectl, agents_namespace: str
 ) -> None:
     # Native admission is on by default: the controller compiled the article's org-defaults
-    # policy into ValidatingAdmissionPolicies, which no install tool knows of.  They are owned by the webhook
-    # configuration, so `helm uninstall` takes them with it (the garbage collector does).
+    # policy into ValidatingAdmissionPolicies, which no install tool knows of.  They are owned by
+    # the webhook configuration, so `helm uninstall` takes them with it (the garbage collector does).
     generated: list[str] = []
 
     def native_policies_generated() -> None:
@@ -310,11 +311,22 @@ def test_deleting_the_kept_crds_after_helm_uninstall_removes_the_agents(
     assert generated
     eventually("the generated policies go with the release", lambda: generated_policies() == [], within=60)
     assert "admission policies" not in leftovers(nk, agents_namespace)
+    # Another tool's policy report (Policy Reporter, a policy engine) shares the OpenReports CRD.
+    foreign = {"apiVersion": "openreports.io/v1alpha1", "kind": "Report",
+               "metadata": {"name": "another-engine", "namespace": agents_namespace}}  # fmt: skip
+    apply(nk.in_namespace(agents_namespace), foreign)
+    ours = nk.json("get", "reports", "-A", "-l", "app.kubernetes.io/managed-by=agentops-controller")["items"]
+    assert ours, "the controller wrote no policy report"
     # No controller is left to release its finalizers: the README's `kubectl agentops uninstall
-    # --crds` does, then deletes the CRDs (kopf's too: no other kopf operator runs here), and finds
-    # no native admission left to withdraw.
+    # --crds` does, then deletes the CRDs (kopf's too: no other kopf operator runs here), deletes
+    # our policy reports but keeps the OpenReports CRD the other report uses, and finds no native
+    # admission left to withdraw.
     done = agentops_uninstall(node, "--crds", "--wait", "2")
     lines = done.stdout.splitlines()
+    assert (
+        f"kept the OpenReports CRD: other tools' reports use it ({agents_namespace}/another-engine)" in lines
+    )
+    assert names(nk, "reports", "-A") == ["report.openreports.io/another-engine"]
     assert "native admission: nothing generated to withdraw" in lines, done.stdout
     assert "deleted 1 agentpipelines" in lines, done.stdout
     assert "deleted 2 agentdeployments" in lines, done.stdout
