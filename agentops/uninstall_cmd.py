@@ -129,8 +129,12 @@ def _paths_while_served(api: kube.Client, plural: str) -> list[str]:
         raise
 
 
+def _crd_path(name: str) -> str:
+    return kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", name)
+
+
 def _served(api: kube.Client, crd: str) -> bool:
-    return api.get(kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", crd)) is not None
+    return api.get(_crd_path(crd)) is not None
 
 
 def release(api: kube.Client, path: str) -> bool:
@@ -262,10 +266,6 @@ def _release_all(api: kube.Client) -> None:
             release(api, path)
 
 
-def _crd_path(name: str) -> str:
-    return kube.path("apiextensions.k8s.io/v1", "customresourcedefinitions", name)
-
-
 def cleanup_stalled(crd: dict[str, Any]) -> bool:
     """Whether the API server's cleanup of a deleted CRD failed and may not retry by itself.
 
@@ -328,6 +328,18 @@ def _withdraw_native_admission(api: kube.Client, configuration: str) -> None:
         print("native admission: nothing generated to withdraw")
 
 
+def _delete_shared_crds(
+    api: kube.Client, crds: list[str], used_by: list[str], *, kept: str, deleted: str
+) -> None:
+    """Delete CRDs we share with other tools unless another's objects (``used_by``) still use them,
+    saying which (``kept``, with them named) or that they went (``deleted``)."""
+    if used_by:
+        shown = ", ".join(sorted(used_by)[:5]) + (", ..." if len(used_by) > 5 else "")
+        print(f"{kept} ({shown})")
+    elif not delete_crds(api, crds, timeout=CRD_SECONDS):
+        print(deleted)
+
+
 def _remove_reports(api: kube.Client) -> None:
     """Our policy reports, and the OpenReports Report CRD when no other tool's report uses it
     (Policy Reporter or another policy engine may have installed it, or write to it)."""
@@ -346,13 +358,13 @@ def _remove_reports(api: kube.Client) -> None:
             )
         else:
             others.append(f"{meta['namespace']}/{meta['name']}")
-    if others:
-        shown = ", ".join(sorted(others)[:5]) + (", ..." if len(others) > 5 else "")
-        print(f"kept the OpenReports CRD: other tools' reports use it ({shown})")
-        return
-    if delete_crds(api, [reports.CRD_NAME], timeout=CRD_SECONDS):
-        return
-    print("deleted the OpenReports CRD (no other tool's report uses it)")
+    _delete_shared_crds(
+        api,
+        [reports.CRD_NAME],
+        others,
+        kept="kept the OpenReports CRD: other tools' reports use it",
+        deleted="deleted the OpenReports CRD (no other tool's report uses it)",
+    )
 
 
 def _remove_peering(api: kube.Client) -> None:
@@ -370,9 +382,10 @@ def _remove_peering(api: kube.Client) -> None:
             else:
                 others.append(f"{meta['namespace']}/{meta['name']}")
     others = [name for name in others if name != PEERING]
-    if others:
-        print(f"kept kopf's peering CRDs: other kopf operators use them ({', '.join(sorted(others))})")
-        return
-    if delete_crds(api, [f"{peerings}.kopf.dev", "kopfpeerings.kopf.dev"], timeout=CRD_SECONDS):
-        return
-    print("deleted kopf's peering CRDs (no other kopf operator uses them)")
+    _delete_shared_crds(
+        api,
+        [f"{peerings}.kopf.dev", "kopfpeerings.kopf.dev"],
+        others,
+        kept="kept kopf's peering CRDs: other kopf operators use them",
+        deleted="deleted kopf's peering CRDs (no other kopf operator uses them)",
+    )

@@ -330,9 +330,10 @@ async def _budget(
     reported = usage.model_dump(by_alias=True, exclude_none=True, mode="json")
     # The status is merge-patched, which keeps what it does not name: a budget lifted (by an
     # exception, or a policy deleted) must take its "remaining" fields with it.
-    stored = stored_status(ctx, (namespace, name), body).get("usage") or {}
+    stored = stored_status(ctx, (namespace, name), body)
+    before = stored.get("usage") or {}
     reported.update(
-        {k: None for k in ("remainingTokens", "remainingCostUSD") if k in stored and k not in reported}
+        {k: None for k in ("remainingTokens", "remainingCostUSD") if k in before and k not in reported}
     )
     status["usage"] = reported
     message = budget.exceeded(usage, view.budget, budget.smallest_call_tokens(agent.spec.system_prompt))
@@ -341,8 +342,7 @@ async def _budget(
     else:
         conditions.set("BudgetExceeded", True, "BudgetSpent", message)
     if "BudgetExceeded" in conditions.flipped:
-        before = stored_status(ctx, (namespace, name), body).get("conditions") or []
-        existed = any(c.get("type") == "BudgetExceeded" for c in before)
+        existed = any(c.get("type") == "BudgetExceeded" for c in stored.get("conditions") or [])
         if message is not None:
             await _event(ctx, body, "Warning", "BudgetExceeded", message)
         elif existed:
