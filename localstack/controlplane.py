@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 SOURCE_DIR = Path(__file__).parent / "kcp"
-KUBERNETES_VERSION = "v1.33.13"
+KUBERNETES_VERSION = "v1.34.4"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
 _START_ATTEMPTS = 3
 #: Server-side apply field manager of everything the local stack installs (CRDs, samples).

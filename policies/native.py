@@ -976,6 +976,8 @@ def _vap(
     scale: bool,
     conditions: list[dict[str, str]],
     validations: list[dict[str, Any]],
+    *,
+    updates_only: bool = False,
 ) -> dict[str, Any]:
     return {
         "apiVersion": ADMISSION_API_VERSION,
@@ -993,7 +995,7 @@ def _vap(
                     {
                         "apiGroups": [GROUP],
                         "apiVersions": [VERSION],
-                        "operations": ["UPDATE"] if scale else ["CREATE", "UPDATE"],
+                        "operations": ["UPDATE"] if scale or updates_only else ["CREATE", "UPDATE"],
                         "resources": ["agentdeployments/scale" if scale else "agentdeployments"],
                     }
                 ],
@@ -1114,6 +1116,8 @@ def _assemble(
     ]
     if warnings:
         by_action["warn"] = (warned + errors, warnings)
+    # Ratchet warnings alone need a stored object: such a ``warn`` VAP skips creates unevaluated.
+    ratchets_only = not warned
     audited = [s for s in slots if s.mode == "Audit"]
     if audited:
         by_action["audit"] = (
@@ -1135,6 +1139,7 @@ def _assemble(
             builder.scale,
             _inline_all(builder.variables, conditions),
             _inline_all(builder.variables, validations),
+            updates_only=action == "warn" and ratchets_only,
         )
         pairs.append((vap, _binding(source, name)))
     return pairs

@@ -21,6 +21,7 @@ import yaml
 from localstack import images
 from localstack._pki import SERVICE_CLUSTER_IP_RANGE
 from localstack.cluster import NodeCluster
+from localstack.controlplane import KUBERNETES_VERSION
 from localstack.node import NODE_IP, NODE_NAME, POD_CIDR
 from tests.support.kubectl import Kubectl
 from tests.support.processes import processes_using
@@ -45,7 +46,7 @@ def in_node_netns(cluster: NodeCluster, *argv: str) -> subprocess.CompletedProce
 def test_node_is_ready_on_containerd_with_the_pinned_kubelet(node_kubectl: Kubectl) -> None:
     node = node_kubectl.json("get", "node", NODE_NAME)
     info = node["status"]["nodeInfo"]
-    assert info["kubeletVersion"] == "v1.33.13"
+    assert info["kubeletVersion"] == KUBERNETES_VERSION
     assert info["containerRuntimeVersion"].startswith("containerd://")
     assert {"type": "InternalIP", "address": NODE_IP} in node["status"]["addresses"]
     ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}
@@ -204,7 +205,11 @@ def test_pods_get_dns_services_tokens_volumes_and_kubelet_probes(node_kubectl: K
             "the pod reaches its Service by name, and the API server with its token",
             lambda: json.loads(kubectl("exec", name, "--", "python", "-c", CLIENT, fqdn, timeout=60).stdout),
         )
-        assert seen == {"resolved": service["spec"]["clusterIP"], "served": "sesame open", "api": "v1.33.13"}
+        assert seen == {
+            "resolved": service["spec"]["clusterIP"],
+            "served": "sesame open",
+            "api": KUBERNETES_VERSION,
+        }
     finally:
         node_kubectl("delete", "namespace", namespace, "--wait=false")
 

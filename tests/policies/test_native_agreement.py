@@ -1112,6 +1112,28 @@ def test_generated_vaps_use_no_variables() -> None:
     assert any("ClusterAgentPolicy/variables.x" in m for m in messages), messages
 
 
+def test_a_warn_vap_of_ratchets_alone_skips_creates() -> None:
+    """A ratchet needs a stored object, so the ``warn`` VAP of an Enforce policy matches UPDATE
+    only (the API server then never evaluates it on a create); a Warn policy's findings can be hit
+    by a create, so its ``warn`` VAP matches both.  The agreement table checks the verdicts."""
+
+    def operations(policies: PolicySet) -> dict[str, list[str]]:
+        vaps = [o for o in generate(policies, now=NOW).objects() if o["kind"] == "ValidatingAdmissionPolicy"]
+        return {
+            vap["metadata"]["name"]: vap["spec"]["matchConstraints"]["resourceRules"][0]["operations"]
+            for vap in vaps
+        }
+
+    enforced = operations(
+        PolicySet(cluster=(cluster_policy("org", limits={"maxTokensPerCall": {"max": 9}}),))
+    )
+    assert enforced["agentops.cagpol.org.deny"] == ["CREATE", "UPDATE"]
+    assert enforced["agentops.cagpol.org.warn"] == ["UPDATE"]
+    team = agent_policy("team", "Warn", namespace="team", limits={"maxTokensPerCall": {"max": 9}})
+    warned = operations(PolicySet(namespaced=(team,)))
+    assert warned["agentops.agpol.team.team.warn"] == ["CREATE", "UPDATE"]
+
+
 def test_one_policy_compiles_as_in_the_whole_set() -> None:
     """``generate_for`` (one policy, as a dict, among its peers) gives what ``generate`` gives it,
     and the output does not depend on the order the watch cache delivers policies in."""
