@@ -269,11 +269,12 @@ def _release_all(api: kube.Client) -> None:
 def cleanup_stalled(crd: dict[str, Any]) -> bool:
     """Whether the API server's cleanup of a deleted CRD failed and may not retry by itself.
 
-    kube-apiserver 1.33 deletes a CRD's objects from a cache that is rebuilt whenever the CRD
-    changes, deletion included.  When the cleanup lists them before the cache is ready it fails
-    ("storage is (re)initializing"), its retry conflicts with that failure's own status write,
-    and nothing looks at the CRD again until the API server's five-minute resync: ``kubectl
-    delete`` waits that long (operator-framework/operator-controller#1437 reports the same)."""
+    kube-apiserver (1.33 to at least 1.37) deletes a CRD's objects from a cache that is rebuilt
+    whenever the CRD changes, deletion included.  When the cleanup lists them before the cache is
+    ready it fails ("storage is (re)initializing"), its retry conflicts with that failure's own
+    status write, and nothing looks at the CRD again until the API server's five-minute resync:
+    ``kubectl delete`` waits that long (operator-framework/operator-controller#1437 reports the
+    same)."""
     for condition in (crd.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "Terminating":
             return bool(

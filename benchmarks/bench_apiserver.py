@@ -34,7 +34,8 @@ in the machine's load hits all variants alike), over one keep-alive HTTPS connec
 
 Reported per operation: median, p90, p99 per variant and the median's ratio to no admission, the
 CEL-only baseline and the null webhook; then kube-apiserver's own count and mean time of each
-webhook's calls (which shows what the ``matchConditions`` spared).
+webhook's calls (which shows what the ``matchConditions`` spared) and of each ``matchConditions``
+list of ours, per operation (where the in-process cost goes).
 
 Targets (issue 11): with native admission, scale and update within 1.1x of no admission, create
 within 1.3x; the webhook handler's own cost (ours / null webhook, default mode) at most 1.05x.
@@ -311,6 +312,26 @@ def apiserver_webhook_view(http: httpx.Client) -> str:
         if counts.get(name)
         else f"  {name}: 0 calls"
         for name in sorted(registered | sums.keys())
+    )
+
+
+def apiserver_condition_view(http: httpx.Client) -> str:
+    """Evaluations and mean time of each ``matchConditions`` list of ours (webhooks and VAPs), per
+    operation, as kube-apiserver times them (its own metric, wall clock, warm-up included): where
+    native admission's in-process cost goes."""
+    metric = "apiserver_admission_match_condition_evaluation_seconds"
+    totals: dict[tuple[str, str], list[float]] = {}
+    for line in http.get("/metrics").text.splitlines():
+        for index, suffix in ((0, "_sum{"), (1, "_count{")):
+            if line.startswith(metric + suffix):
+                name = line.split('name="')[1].split('"')[0]
+                operation = line.split('operation="')[1].split('"')[0]
+                if "agentops" in name:
+                    totals.setdefault((name, operation), [0.0, 0.0])[index] += float(line.rsplit(" ", 1)[1])
+    return "\n".join(
+        f"  {name} ({operation}): {count:.0f} evaluations, mean {total / count * 1e6:.0f} us"
+        for (name, operation), (total, count) in sorted(totals.items())
+        if count
     )
 
 
@@ -595,6 +616,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 "webhook calls as kube-apiserver counts and times them (its /metrics):\n"
                 + apiserver_webhook_view(http)
+            )
+            print(
+                "matchConditions as kube-apiserver times them (its /metrics):\n"
+                + apiserver_condition_view(http)
             )
 
             print("\ntargets (issue 11):")

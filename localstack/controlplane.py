@@ -1,7 +1,7 @@
 """A real, local Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager.
 
 The three components come from one binary, ``kcp``, built from the official Kubernetes Go
-modules by the Go module in ``localstack/kcp/`` (Kubernetes v1.33; see its ``main.go``).
+modules by the Go module in ``localstack/kcp/`` (Kubernetes v1.34; see its ``main.go``).
 :func:`ensure_binary` builds it once into ``~/.cache/agentops/kcp-<hash>``, where the hash
 covers ``go.mod``, ``go.sum`` and the Go sources, so a new pin builds a new binary and an
 unchanged one is reused.  Concurrent test sessions share the build through a file lock.
@@ -18,8 +18,13 @@ Everything lives in the workdir: certificates (``pki/``), etcd's data (``etcd/``
 per component (``logs/``), pid files (``pids/``), ``kubeconfig`` and ``state.json``
 (ports and server URL, so a second process can find a running control plane).
 
-Why v1.33: the machine's default ``kubectl`` is 1.32, and kubectl supports one minor
-version of skew either way, so 1.33 serves kubectl 1.32, 1.33 and 1.34.
+Why v1.34: its CEL (cel-go 0.26) plans each admission expression once, where 1.33 planned it
+again on every evaluation, so what native admission costs a request is what it evaluates
+(docs/native-admission.md, "Which Kubernetes release").  Kubernetes supports one minor version
+of kubectl skew either way (1.33 to 1.35); the machine's ``kubectl`` dispatcher has no 1.34 and
+runs its default 1.32, which works here (``kubectl version`` alone warns of the skew), as do
+1.27 to 1.33 (``test_every_installed_kubectl_works``).  The kubelet of 1.34 still runs on
+cgroup v1, which 1.35 and later refuse by default.
 """
 
 from __future__ import annotations

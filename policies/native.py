@@ -1224,21 +1224,26 @@ _LABELS = "(has(object.metadata.labels) ? object.metadata.labels : {})"
 
 
 def _annotations_changed(keys: Sequence[str]) -> str:
-    """CEL: one of the annotations ``keys`` differs between ``object`` and ``oldObject``."""
+    """CEL: one of the annotations ``keys`` differs between ``object`` and ``oldObject``.
+
+    One comparison of the two annotation maps comes first: it settles the usual update (a scale,
+    a limit raised, an autoscaler's patch) before any per-key lookup, and an API server from 1.34
+    on (cel-go 0.25 and later) evaluates only the branches it takes."""
 
     def differs(k: str) -> str:
         # Optionals: "absent before, present now" differs, "absent in both" does not.
         return f"object.metadata.?annotations[?{k}] != oldObject.metadata.?annotations[?{k}]"
 
-    if len(keys) == 1:
-        return differs(cel_string(keys[0]))
-    return f"{_cel_list(keys)}.exists(k, {differs('k')})"
+    per_key = (
+        differs(cel_string(keys[0])) if len(keys) == 1 else f"{_cel_list(keys)}.exists(k, {differs('k')})"
+    )
+    return f"(object.metadata.?annotations != oldObject.metadata.?annotations && {per_key})"
 
 
 # A missing prompt reads as the empty one, as the engine reads it.
 _PROMPT_CHANGED = "object.?spec.?systemPrompt.orValue('') != oldObject.?spec.?systemPrompt.orValue('')"
 _STAMPS_CHANGED = _annotations_changed(STAMPED_ANNOTATIONS)
-_REASON_CHANGED = _annotations_changed([CHANGE_REASON])
+_STAMPS_OR_REASON_CHANGED = _annotations_changed([CHANGE_REASON, *STAMPED_ANNOTATIONS])
 _LIMIT_MISSING = _any(
     ["!has(object.spec)", "!has(object.spec.limits)", *(f"!has(object.spec.limits.{n})" for n in LIMIT_NAMES)]
 )
@@ -1266,7 +1271,7 @@ class _Routing:
         changed = f"{_UPDATE} && ({_PROMPT_CHANGED} || {_STAMPS_CHANGED})"
         created = _all([_CREATE, reasons])
         validating = _any([f"!({_AGENTS})", *elsewhere, residual, _all([_not(_SCALE), changed]), created])
-        why_mutate = [_CREATE, residual, _PROMPT_CHANGED, _REASON_CHANGED, _STAMPS_CHANGED, _LIMIT_MISSING]
+        why_mutate = [_CREATE, residual, _PROMPT_CHANGED, _STAMPS_OR_REASON_CHANGED, _LIMIT_MISSING]
         mutating = _any([f"!({_AGENTS})", *elsewhere, f"!({_SCALE}) && ({_any(why_mutate)})"])
         return _Routing(
             residual=residual,

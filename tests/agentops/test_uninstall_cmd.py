@@ -181,8 +181,8 @@ def hold_crd(group: str) -> dict[str, Any]:
 def test_a_crd_whose_cleanup_stalled_is_retried_and_goes(
     capsys: pytest.CaptureFixture[str], k8s_api: kube.Client, namespace: str
 ) -> None:
-    """kube-apiserver 1.33 can leave a deleted CRD's cleanup failed and unretried for minutes
-    (``uninstall_cmd.cleanup_stalled``).  That race cannot be started on purpose, so the failed
+    """kube-apiserver (1.33 to 1.37) can leave a deleted CRD's cleanup failed and unretried for
+    minutes (``uninstall_cmd.cleanup_stalled``).  That race cannot be started on purpose, so the failed
     cleanup's condition is written the way the API server writes it, onto a CRD whose cleanup is
     held by an object's finalizer: the CRD is told to retry, and goes once nothing holds it."""
     group = f"{namespace}.test.agentops.io"

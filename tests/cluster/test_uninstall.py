@@ -5,8 +5,8 @@ On a node of this module's own (an uninstall must never reach the session's shar
 * The README's kustomize uninstall removes every object of ours: ``kubectl agentops uninstall
   --crds`` while the controller runs (each agent carries kopf's finalizer, which only the
   controller removes, and the CRDs go through the command, which retries a cleanup that
-  kube-apiserver 1.33 can leave stalled for minutes), then ``kubectl delete -k``.  Gone: both
-  webhook configurations (a leftover fail-closed one would block every later change to our
+  kube-apiserver (1.33 to 1.37) can leave stalled for minutes), then ``kubectl delete -k``.
+  Gone: both webhook configurations (a leftover fail-closed one would block every later change to our
   resources), the CRDs, the cluster RBAC, the namespace, the agents' Deployments and pods
   (garbage-collected with their AgentDeployments), and the kopf peering object with its CRD.
   Afterwards the cluster takes changes as before: a ConfigMap, the CRDs again, an AgentDeployment
@@ -140,7 +140,7 @@ def finalized_objects(kubectl: Kubectl) -> list[str]:
 
 def retry_stalled_crd_cleanups(kubectl: Kubectl) -> None:
     """What ``kubectl agentops uninstall --crds`` does for a deleted CRD whose cleanup
-    kube-apiserver 1.33 left stalled (``uninstall_cmd.cleanup_stalled``)."""
+    kube-apiserver (1.33 to 1.37) left stalled (``uninstall_cmd.cleanup_stalled``)."""
     for item in kubectl.json("get", "crd")["items"]:
         name = item["metadata"]["name"]
         if name.endswith(GROUPS) and uninstall_cmd.cleanup_stalled(item):
