@@ -26,11 +26,13 @@ Design (the full argument is in ``docs/native-admission.md``):
   denies a missing limit no matching policy has a default for (the engine denies that even when no
   policy exists at all).  A finding that can never be reported (a limit every policy has a default
   for; a bound a stricter peer always eclipses) is folded away, and a VAP left empty is not generated.
-- **Cost.**  The API server (cel-go with cost tracking) plans an expression's whole syntax tree
-  again on every evaluation, taken branches or not, so a VAP costs what its evaluated expressions
-  weigh.  Each VAP's second ``matchConditions`` entry, :data:`FINDING_CONDITION_NAME`, is a short
-  "one of my findings may be hit" on the field values alone; on the usual request it is false and
-  the validations (peers, ratchet, messages) are never evaluated.  Constants are folded.
+- **Cost.**  Up to Kubernetes 1.33 the API server (cel-go 0.23 with cost tracking) plans an
+  expression's whole syntax tree again on every evaluation, taken branches or not; from 1.34
+  (cel-go 0.26) it plans once and evaluates the branches taken.  Either way a VAP costs what its
+  evaluated expressions weigh.  Each VAP's second ``matchConditions`` entry,
+  :data:`FINDING_CONDITION_NAME`, is a short "one of my findings may be hit" on the field values
+  alone; on the usual request it is false and the validations (peers, ratchet, messages) are
+  never evaluated.  Constants are folded.
 - **The engine's folding, per field.**  The engine reports, per field, only the most severe
   violated bound and within a mode only the strictest (ties to the first ``Kind/name``).  A VAP
   cannot see other VAPs, so each is generated knowing its peers: policy P reports a field only
@@ -312,8 +314,9 @@ _SIMPLE = re.compile(r"[\w.]+")
 def _not(term: str) -> str:
     """``!term``, folded when ``term`` is a constant.
 
-    Folding matters for speed, not only size: the API server (cel-go with cost tracking) plans an
-    expression's whole syntax tree again on every evaluation, so every node costs, taken or not.
+    Folding matters for speed, not only size: up to 1.33 the API server (cel-go with cost
+    tracking) plans an expression's whole syntax tree again on every evaluation, so every node
+    costs, taken or not; from 1.34 a folded term still saves its evaluation.
     """
     if term in ("true", "false"):
         return "false" if term == "true" else "true"
@@ -1084,8 +1087,8 @@ def _assemble(
     Each VAP carries two ``matchConditions``: the routing (:data:`VAP_CONDITION_NAME`, left out
     when nothing is routed away) and :data:`FINDING_CONDITION_NAME`, "one of its findings is hit".
     A request that draws no finding, nearly every one, is then settled by that short condition and
-    the validations (ratchet terms, peers, messages) are never evaluated: the API server plans an
-    expression's whole tree on every evaluation, so what is not evaluated is what is saved.
+    the validations (ratchet terms, peers, messages) are never evaluated: what is not evaluated
+    is what is saved (and, up to 1.33, not planned either: see the module's "Cost").
     """
     fallback = f"a rule of {source.identity} is violated (agentops native admission)"
     by_action: dict[str, tuple[list[_Slot], list[dict[str, Any]]]] = {}
