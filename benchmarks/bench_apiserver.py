@@ -292,46 +292,49 @@ def webhook_handling(port: int, cert_dir: Path) -> str:
     return "; ".join(parts) + f"; TLS handshakes: {float(handshakes):.0f}"
 
 
-def apiserver_webhook_view(http: httpx.Client) -> str:
-    """Calls and mean call time per webhook as kube-apiserver measures them (its own admission
-    metrics), warm-up and probes included: the native variant's count shows what its
-    ``matchConditions`` spared."""
-    text = http.get("/metrics").text
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
+def _sums_and_counts(text: str, metric: str, *labels: str) -> dict[tuple[str, ...], list[float]]:
+    """``[sum, count]`` of a Prometheus histogram in ``text``, added up per value of ``labels``."""
+    totals: dict[tuple[str, ...], list[float]] = {}
     for line in text.splitlines():
-        for suffix, target in (("_sum{", sums), ("_count{", counts)):
-            if line.startswith("apiserver_admission_webhook_admission_duration_seconds" + suffix):
-                name = line.split('name="')[1].split('"')[0]
-                if name.endswith("agentops.agentops.io") and not name.startswith("cluster-"):
-                    target[name] = target.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        for index, suffix in ((0, "_sum{"), (1, "_count{")):
+            if line.startswith(metric + suffix):
+                key = tuple(line.split(f'{label}="')[1].split('"')[0] for label in labels)
+                totals.setdefault(key, [0.0, 0.0])[index] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def apiserver_webhook_view(text: str) -> str:
+    """Calls and mean call time per webhook as kube-apiserver measures them (its /metrics ``text``),
+    warm-up and probes included: the native variant's count shows what its ``matchConditions``
+    spared."""
+    totals = {
+        name: total
+        for (name,), total in _sums_and_counts(
+            text, "apiserver_admission_webhook_admission_duration_seconds", "name"
+        ).items()
+        if name.endswith("agentops.agentops.io") and not name.startswith("cluster-")
+    }
     registered = {f"{prefix}{kind}.agentops.agentops.io" for prefix in ("", "null-", "native-")
                   for kind in ("mutate", "validate")}  # fmt: skip
     return "\n".join(
-        f"  {name}: {counts[name]:.0f} calls, mean {sums[name] / counts[name] * 1000:.2f} ms"
-        if counts.get(name)
+        f"  {name}: {totals[name][1]:.0f} calls, mean {totals[name][0] / totals[name][1] * 1000:.2f} ms"
+        if name in totals and totals[name][1]
         else f"  {name}: 0 calls"
-        for name in sorted(registered | sums.keys())
+        for name in sorted(registered | totals.keys())
     )
 
 
-def apiserver_condition_view(http: httpx.Client) -> str:
+def apiserver_condition_view(text: str) -> str:
     """Evaluations and mean time of each ``matchConditions`` list of ours (webhooks and VAPs), per
-    operation, as kube-apiserver times them (its own metric, wall clock, warm-up included): where
-    native admission's in-process cost goes."""
-    metric = "apiserver_admission_match_condition_evaluation_seconds"
-    totals: dict[tuple[str, str], list[float]] = {}
-    for line in http.get("/metrics").text.splitlines():
-        for index, suffix in ((0, "_sum{"), (1, "_count{")):
-            if line.startswith(metric + suffix):
-                name = line.split('name="')[1].split('"')[0]
-                operation = line.split('operation="')[1].split('"')[0]
-                if "agentops" in name:
-                    totals.setdefault((name, operation), [0.0, 0.0])[index] += float(line.rsplit(" ", 1)[1])
+    operation, as kube-apiserver times them (its /metrics ``text``; wall clock, warm-up included):
+    where native admission's in-process cost goes."""
+    totals = _sums_and_counts(
+        text, "apiserver_admission_match_condition_evaluation_seconds", "name", "operation"
+    )
     return "\n".join(
         f"  {name} ({operation}): {count:.0f} evaluations, mean {total / count * 1e6:.0f} us"
         for (name, operation), (total, count) in sorted(totals.items())
-        if count
+        if count and "agentops" in name
     )
 
 
@@ -613,13 +616,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"\nwebhook's own handling time (its /metrics; webhook and native share the process): "
                 f"{webhook_handling(port, certs)}"
             )
+            apiserver_metrics = http.get("/metrics").text  # read once: both views below
             print(
                 "webhook calls as kube-apiserver counts and times them (its /metrics):\n"
-                + apiserver_webhook_view(http)
+                + apiserver_webhook_view(apiserver_metrics)
             )
             print(
                 "matchConditions as kube-apiserver times them (its /metrics):\n"
-                + apiserver_condition_view(http)
+                + apiserver_condition_view(apiserver_metrics)
             )
 
             print("\ntargets (issue 11):")

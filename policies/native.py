@@ -1119,8 +1119,6 @@ def _assemble(
     ]
     if warnings:
         by_action["warn"] = (warned + errors, warnings)
-    # Ratchet warnings alone need a stored object: such a ``warn`` VAP skips creates unevaluated.
-    ratchets_only = not warned
     audited = [s for s in slots if s.mode == "Audit"]
     if audited:
         by_action["audit"] = (
@@ -1142,7 +1140,8 @@ def _assemble(
             builder.scale,
             _inline_all(builder.variables, conditions),
             _inline_all(builder.variables, validations),
-            updates_only=action == "warn" and ratchets_only,
+            # Ratchet warnings alone need a stored object: such a ``warn`` VAP skips creates.
+            updates_only=action == "warn" and not warned,
         )
         pairs.append((vap, _binding(source, name)))
     return pairs
